@@ -1,0 +1,249 @@
+"""Experiment config: YAML presets in configs/, validated on load (open-r1-style dataclass recipes).
+
+Every error is one line naming the file, the field and what was expected, and nothing runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line, `file: field: what was expected`."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_model_ref(ref: str) -> str:
+    """A model is a local directory or a hub id (org/name). A path that looks local must exist."""
+    if Path(ref).expanduser().exists():
+        return ref
+    looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") != 1 or not HUB_ID.match(ref)
+    if looks_local:
+        raise ValueError(f"local model path {ref!r} does not exist (expected a model directory or a hub id org/name)")
+    return ref
+
+
+class TaskSpec(Strict):
+    name: str
+    train_size: int = Field(1000, ge=1)
+    test_size: int = Field(100, ge=1)
+    levels: list[int] | None = None
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def known_task(cls, v: str) -> str:
+        from tasks import task_names
+
+        if v not in task_names():
+            raise ValueError(f"unknown task {v!r} (expected a registered task or a reasoning-gym dataset name)")
+        return v
+
+    @field_validator("levels")
+    @classmethod
+    def nonempty_levels(cls, v):
+        if v is not None and len(v) == 0:
+            raise ValueError("empty list (expected at least one difficulty level, or leave it out)")
+        return v
+
+
+class GenerationConfig(Strict):
+    backend: Literal["vllm", "hf", "auto"] = "auto"
+    temperature: float = Field(0.6, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1)
+    n: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+
+
+class TracesConfig(Strict):
+    generation: GenerationConfig = GenerationConfig(temperature=1.0, top_p=1.0, n=8)
+    shards: int = Field(4, ge=1)
+    max_per_problem: int = Field(4, ge=1)
+
+
+class SFTConfig(Strict):
+    learning_rate: float = Field(5e-4, gt=0)
+    num_train_epochs: float = Field(2.0, gt=0)
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(32, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=8)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    lr_scheduler_type: str = "cosine"
+    logging_steps: int = Field(5, ge=1)
+    bf16: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig as is")
+
+
+class RLConfig(Strict):
+    algorithm: Literal["grpo"] = "grpo"
+    num_generations: int = Field(8, ge=2)
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    beta: float = Field(0.0, ge=0)
+    epsilon: float = Field(0.2, gt=0)
+    epsilon_high: float | None = None
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    max_steps: int = Field(100, ge=1)
+    per_device_train_batch_size: int = Field(32, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_completion_length: int = Field(256, ge=1)
+    top_entropy_quantile: float = Field(1.0, gt=0, le=1)
+    reward: Literal["verify", "logic_rl"] = "verify"
+    logging_steps: int = Field(5, ge=1)
+    bf16: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig as is")
+
+    @model_validator(mode="after")
+    def batch_divisible(self):
+        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size*gradient_accumulation_steps="
+                f"{self.per_device_train_batch_size * self.gradient_accumulation_steps} must be a multiple of "
+                f"num_generations={self.num_generations}"
+            )
+        return self
+
+
+class EvalConfig(Strict):
+    n: int = Field(64, ge=1)
+    ks: list[int] | None = None
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    backend: Literal["vllm", "hf", "auto"] = "auto"
+    batch_size: int = Field(64, ge=1)
+    bootstrap: int = Field(1000, ge=0)
+    include_teacher: bool = True
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def ks_within_n(self):
+        for k in self.ks or []:
+            if k < 1 or k > self.n:
+                raise ValueError(f"k={k} is outside 1..n={self.n} (every k must satisfy 1 <= k <= eval.n)")
+        return self
+
+    def k_list(self) -> list[int]:
+        """The ks to report: as configured, else 1, 2, 4, ... up to n (n itself included)."""
+        if self.ks:
+            return sorted(set(self.ks))
+        ks, k = [], 1
+        while k < self.n:
+            ks.append(k)
+            k *= 2
+        return ks + [self.n]
+
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(
+            backend=self.backend, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+            n=self.n, batch_size=self.batch_size, gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default sqlite:///<output_dir>/mlflow.db; MLFLOW_TRACKING_URI overrides
+    experiment: str | None = None  # default: the experiment name
+
+    def resolved_uri(self, output_dir: str) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.uri or f"sqlite:///{Path(output_dir).resolve()}/mlflow.db"
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(pattern=r"^[\w.-]+$")
+    seed: int = 0
+    base_model: str
+    teacher_model: str | None = None
+    tasks: list[TaskSpec] = Field(min_length=1)
+    traces: TracesConfig = TracesConfig()
+    sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = "runs"
+
+    _check_base = field_validator("base_model")(classmethod(lambda cls, v: check_model_ref(v)))
+
+    @field_validator("teacher_model")
+    @classmethod
+    def _check_teacher(cls, v):
+        return None if v is None else check_model_ref(v)
+
+    def section_hash(self, *sections: str, length: int = 10) -> str:
+        """Hash of the named parts of the config: a stage's identity derives from what it reads."""
+        data = {s: _dump(getattr(self, s)) for s in sorted(sections)}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _dump(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, list):
+        return [_dump(x) for x in v]
+    return v
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see configs/tiny.yaml for the known keys)"
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    else:
+        msg = e["msg"].removeprefix("Value error, ")
+        if "input" in e and e["type"] not in ("value_error",) and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate a YAML preset. `overrides` maps dotted keys to values (e.g. {"rl.beta": 0.04})."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found (expected a YAML file, e.g. configs/tiny.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return parse_config(data, str(p))
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = data
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
