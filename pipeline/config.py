@@ -160,9 +160,22 @@ class EvalConfig(Strict):
 class TrackingConfig(Strict):
     uri: str | None = None  # default sqlite:///<output_dir>/mlflow.db; MLFLOW_TRACKING_URI overrides
     experiment: str | None = None  # default: the experiment name
+    log_model_max_mb: float = Field(50, ge=0)  # models up to this size are logged as artifacts, else referenced
 
     def resolved_uri(self, output_dir: str) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or self.uri or f"sqlite:///{Path(output_dir).resolve()}/mlflow.db"
+
+
+class ComputeConfig(Strict):
+    """Where heavy stages run. Nothing here changes results, so it is not part of any stage hash."""
+
+    launcher: Literal["python", "accelerate"] = "python"  # accelerate: `accelerate launch` for training
+    num_processes: int = Field(1, ge=1)  # accelerate processes (GPUs) per training stage
+    gpus_per_stage: int = Field(0, ge=0)  # Luigi resource "gpu" each heavy stage claims ([resources] gpu=N)
+    sft_devices: str | None = None  # CUDA_VISIBLE_DEVICES for TrainSFT, e.g. "0"
+    rl_devices: str | None = None  # ... for TrainRL, e.g. "1", so both train at once
+    eval_devices: str | None = None
+    threads: int | None = Field(None, ge=1)  # OMP/torch threads per stage process (CPU runs)
 
 
 class ExperimentConfig(Strict):
@@ -176,6 +189,7 @@ class ExperimentConfig(Strict):
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    compute: ComputeConfig = ComputeConfig()
     output_dir: str = "runs"
 
     _check_base = field_validator("base_model")(classmethod(lambda cls, v: check_model_ref(v)))
@@ -185,10 +199,18 @@ class ExperimentConfig(Strict):
     def _check_teacher(cls, v):
         return None if v is None else check_model_ref(v)
 
-    def section_hash(self, *sections: str, length: int = 10) -> str:
-        """Hash of the named parts of the config: a stage's identity derives from what it reads."""
-        data = {s: _dump(getattr(self, s)) for s in sorted(sections)}
+    def section_hash(self, *sections: str, extra: Any = None, length: int = 10) -> str:
+        """Hash of the named parts of the config (dotted paths, e.g. "traces.generation") plus
+        `extra` (e.g. upstream stage keys): a stage's identity derives from what it reads."""
+        data = {s: _dump(self.get(s)) for s in sorted(sections)}
+        data["__extra__"] = extra
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+    def get(self, dotted: str) -> Any:
+        cur: Any = self
+        for part in dotted.split("."):
+            cur = getattr(cur, part)
+        return cur
 
     @property
     def run_dir(self) -> Path:

@@ -24,6 +24,7 @@ def register(name: str):
 def task_names() -> list[str]:
     from tasks.gym import gym_names
 
+    _load_families()
     return sorted(set(REGISTRY) | set(gym_names()))
 
 
@@ -59,3 +60,18 @@ def _load_families() -> None:
 
 
 __all__ = ["Problem", "Task", "REGISTRY", "register", "get_task", "task_names", "task_for", "verify"]
+
+
+def build_tasks(specs) -> dict[str, Task]:
+    """One configured Task instance per spec (objects with .name and .options), keyed by task name."""
+    return {s.name: get_task(s.name, **dict(s.options)) for s in specs}
+
+
+def problems_for(specs, split: str) -> list[Problem]:
+    """The problems of `split` for every task spec (.train_size/.test_size/.levels/.seed), in order."""
+    tasks = build_tasks(specs)
+    out: list[Problem] = []
+    for s in specs:
+        n = s.train_size if split == "train" else s.test_size
+        out += tasks[s.name].problems(split, n, seed=s.seed, levels=s.levels)
+    return out

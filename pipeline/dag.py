@@ -1,0 +1,325 @@
+"""The Luigi DAG: Problems -> GenerateTeacherTraces -> FilterTraces -> TrainSFT
+                                  Problems -> TrainRL            (SFT and RL in parallel)
+          Evaluate(base | teacher | sft | rl) -> Perplexity -> Report
+
+    luigi --module pipeline.dag Report --config configs/tiny.yaml --local-scheduler --workers 2
+
+Each task is thin: requires/output/run around a stage function. A stage's identity is a hash of
+the config parts it reads plus its upstream identities, and its output lives in
+runs/<experiment>/<stage>-<hash>/, written under a temporary name and renamed when complete.
+Heavy stages (sampling, training) run as their own process; the scheduler process never
+imports CUDA or vLLM.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import cached_property
+from pathlib import Path
+
+import luigi
+import pandas as pd
+import yaml
+
+from pipeline import tracking
+from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.io import atomic_dir, is_complete, read_jsonl, write_jsonl
+from pipeline.procs import run_stage_process
+from tasks import Problem, problems_for
+
+MODELS = ("base", "teacher", "sft", "rl")
+
+
+class Stage(luigi.Task):
+    config = luigi.Parameter(description="experiment YAML, e.g. configs/tiny.yaml")
+    overrides = luigi.DictParameter(default={}, description='dotted-key overrides, e.g. {"rl.beta": 0.04}')
+
+    stage = "stage"
+    sections: tuple[str, ...] = ()  # config parts this stage reads
+
+    @cached_property
+    def cfg(self) -> ExperimentConfig:
+        try:
+            return load_config(self.config, _thaw(self.overrides))
+        except ConfigError as e:  # one line, not a traceback through Luigi's scheduler
+            raise SystemExit(f"error: {e}") from None
+
+    def upstream(self) -> dict[str, "Stage"]:
+        return {}
+
+    @property
+    def run_name(self) -> str:
+        return self.stage
+
+    def requires(self):
+        return self.upstream()
+
+    @cached_property
+    def key(self) -> str:
+        return self.cfg.section_hash(*self.sections, extra={k: t.key for k, t in self.upstream().items()})
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.run_dir / f"{self.stage}-{self.key}"
+
+    def output(self):
+        return luigi.LocalTarget(str(self.out_dir))
+
+    def complete(self) -> bool:
+        return is_complete(self.out_dir)
+
+    def lineage(self) -> dict:
+        """Lineage tags: the upstream stages' MLflow run ids, plus what the stage adds."""
+        return {f"{k}_run_id": stage_info(t.out_dir).get("run_id") for k, t in self.upstream().items()}
+
+    def run(self):
+        self.progress(f"{self.stage}: starting", 0)
+        run_id = tracking.start_stage(self.cfg, self.run_name, self.key, self.lineage())
+        t0 = time.time()
+        try:
+            with atomic_dir(self.out_dir) as tmp:
+                (tmp / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+                info = self.execute(tmp, run_id) or {}
+                info = dict(stage=self.stage, key=self.key, run_id=run_id, seconds=round(time.time() - t0, 1), **info)
+                (tmp / "stage.json").write_text(json.dumps(info, indent=2, default=str))
+            tracking.log(self.cfg, run_id, metrics=[("stage_seconds", info["seconds"], 0)])
+            tracking.end_stage(self.cfg, run_id)
+        except BaseException:
+            tracking.end_stage(self.cfg, run_id, "FAILED")
+            raise
+        self.progress(f"{self.stage}: done in {info['seconds']} s", 100)
+
+    def execute(self, tmp: Path, run_id: str) -> dict | None:
+        raise NotImplementedError
+
+    def progress(self, message: str, percent: int | None = None) -> None:
+        if self.set_status_message:
+            self.set_status_message(message)
+        if percent is not None and self.set_progress_percentage:
+            self.set_progress_percentage(percent)
+
+    def subprocess(self, module: str, args: list[str], run_id: str, devices: str | None = None, train=False):
+        log = self.cfg.run_dir / "logs" / f"{self.stage}-{self.key}.log"
+        run_stage_process(self.cfg, module, args, run_id, log, devices=devices, train=train, progress=self.progress)
+
+
+def stage_info(out_dir: Path) -> dict:
+    p = Path(out_dir) / "stage.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+class Problems(Stage):
+    stage, sections = "problems", ("tasks",)
+
+    def execute(self, tmp, run_id):
+        info = {}
+        for split in ("train", "test"):
+            probs = problems_for(self.cfg.tasks, split)
+            write_jsonl(tmp / f"{split}.jsonl", (p.to_dict() for p in probs))
+            df = pd.DataFrame([dict(id=p.id, task=p.task, difficulty=p.difficulty, question=p.question,
+                                    answer=p.answer) for p in probs])
+            tracking.log_dataset(self.cfg, run_id, df, f"problems-{split}", str(self.out_dir / f"{split}.jsonl"),
+                                 "training" if split == "train" else "testing")
+            info[f"{split}_problems"] = len(probs)
+        tracking.log(self.cfg, run_id, params={"tasks": [t.model_dump() for t in self.cfg.tasks]},
+                     metrics=[(f"{k}", v, 0) for k, v in info.items()])
+        return info
+
+
+class GenerateTeacherTraces(Stage):
+    stage, sections = "traces", ("teacher_model", "traces.generation", "traces.shards", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
+
+    def upstream(self):
+        return {"problems": Problems(self.config, self.overrides)}
+
+    def lineage(self):
+        return {**super().lineage(), "teacher_model": self.cfg.teacher_model}
+
+    def execute(self, tmp, run_id):
+        from pipeline.traces import load_raw
+
+        work = self.out_dir.with_name(self.out_dir.name + ".shards")  # finished shards survive a crash
+        self.subprocess("pipeline.traces", ["--config", str(tmp / "config.yaml"), "--problems",
+                        str(self.input()["problems"].path + "/train.jsonl"), "--out", str(work)], run_id)
+        shards = sorted(work.glob("shard-*.jsonl"))
+        for s in shards:
+            s.rename(tmp / s.name)
+        work.rmdir()
+        raw = load_raw(sorted(tmp.glob("shard-*.jsonl")))
+        tracking.log_dataset(self.cfg, run_id, raw[["problem_id", "sample_index", "completion"]], "teacher-traces",
+                             str(self.out_dir), "training")
+        tracking.log(self.cfg, run_id, params=tracking.flat_params(self.cfg.traces.model_dump(mode="json"), "traces."),
+                     metrics=[("raw_traces", len(raw), 0), ("mean_tokens", raw["num_tokens"].mean(), 0)])
+        return {"raw_traces": len(raw)}
+
+
+class FilterTraces(Stage):
+    stage, sections = "filtered", ("traces.max_per_problem", "base_model")
+
+    def upstream(self):
+        return {"problems": Problems(self.config, self.overrides), "traces": GenerateTeacherTraces(self.config, self.overrides)}
+
+    def execute(self, tmp, run_id):
+        from pipeline.sampling import load_tokenizer
+        from pipeline.traces import filter_traces, load_raw
+
+        problems = load_problems(self.input()["problems"].path, "train")
+        raw = load_raw(sorted(Path(self.input()["traces"].path).glob("shard-*.jsonl")))
+        kept, yld = filter_traces(self.cfg, problems, raw, load_tokenizer(self.cfg.base_model))
+        if kept.empty:
+            raise RuntimeError(f"{self.stage}: no teacher trace was verified correct; nothing to distill "
+                               f"(raise traces.generation.n or check the teacher)")
+        write_jsonl(tmp / "filtered.jsonl", kept.to_dict("records"))
+        yld.to_csv(tmp / "yield.csv", index=False)
+        tracking.log_dataset(self.cfg, run_id, kept[["problem_id", "completion"]], "filtered-traces", str(self.out_dir), "training")
+        metrics = [("kept_traces", len(kept), 0), ("sample_yield", yld["correct"].sum() / yld["samples"].sum(), 0)]
+        metrics += [(f"yield_level_{r.difficulty}", r.sample_yield, 0) for r in yld.itertuples()]
+        tracking.log(self.cfg, run_id, metrics=metrics, artifacts=[tmp / "yield.csv"])
+        print(f"[filter] kept {len(kept)} traces; yield per difficulty:\n{yld.to_string(index=False)}")
+        return {"kept_traces": len(kept)}
+
+
+class TrainSFT(Stage):
+    stage, sections = "sft", ("base_model", "sft", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
+
+    def upstream(self):
+        return {"filtered": FilterTraces(self.config, self.overrides)}
+
+    def lineage(self):
+        traces = GenerateTeacherTraces(self.config, self.overrides)
+        return {**super().lineage(), "base_model": self.cfg.base_model, "teacher_model": self.cfg.teacher_model,
+                "traces_run_id": stage_info(traces.out_dir).get("run_id")}
+
+    def execute(self, tmp, run_id):
+        self.subprocess("pipeline.sft", ["--config", str(tmp / "config.yaml"), "--traces",
+                        self.input()["filtered"].path + "/filtered.jsonl", "--out", str(tmp / "model")], run_id,
+                        devices=self.cfg.compute.sft_devices, train=True)
+        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
+        return {"model": str(self.out_dir / "model")}
+
+
+class TrainRL(Stage):
+    stage, sections = "rl", ("base_model", "rl", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
+
+    def upstream(self):
+        return {"problems": Problems(self.config, self.overrides)}
+
+    def lineage(self):
+        return {**super().lineage(), "base_model": self.cfg.base_model}
+
+    def execute(self, tmp, run_id):
+        self.subprocess("pipeline.rl", ["--config", str(tmp / "config.yaml"), "--problems",
+                        self.input()["problems"].path + "/train.jsonl", "--out", str(tmp / "model")], run_id,
+                        devices=self.cfg.compute.rl_devices, train=True)
+        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
+        return {"model": str(self.out_dir / "model")}
+
+
+class Evaluate(Stage):
+    model = luigi.ChoiceParameter(choices=MODELS, description="which model to evaluate")
+    stage, sections = "eval", ("eval", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
+
+    def upstream(self):
+        up = {"problems": Problems(self.config, self.overrides)}
+        trained = {"sft": TrainSFT, "rl": TrainRL}.get(self.model)
+        if trained:
+            up["model"] = trained(self.config, self.overrides)
+        return up
+
+    @cached_property
+    def key(self) -> str:
+        ref = {"base": self.cfg.base_model, "teacher": self.cfg.teacher_model}.get(self.model)
+        return self.cfg.section_hash(*self.sections, extra=[self.model, ref, {k: t.key for k, t in self.upstream().items()}])
+
+    @property
+    def run_name(self) -> str:
+        return f"eval-{self.model}"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.run_dir / f"eval-{self.model}-{self.key}"
+
+    def model_path(self) -> str:
+        if self.model in ("sft", "rl"):
+            return self.input()["model"].path + "/model"
+        return self.cfg.base_model if self.model == "base" else self.cfg.teacher_model
+
+    def lineage(self):
+        return {**super().lineage(), "model": self.model, "model_path": self.model_path(),
+                "base_model": self.cfg.base_model,
+                **({"teacher_model": self.cfg.teacher_model} if self.model in ("sft", "teacher") else {})}
+
+    def execute(self, tmp, run_id):
+        ev = self.cfg.eval
+        self.subprocess("pipeline.evaluate", ["--config", str(tmp / "config.yaml"), "--model", self.model_path(),
+                        "--name", self.model, "--problems", self.input()["problems"].path + "/test.jsonl",
+                        "--seed", str(self.cfg.seed), "--out", str(tmp / "eval")], run_id,
+                        devices=self.cfg.compute.eval_devices)
+        for f in (tmp / "eval").iterdir():
+            f.rename(tmp / f.name)
+        (tmp / "eval").rmdir()
+        passk = pd.read_csv(tmp / "passk.csv")
+        metrics = [("pass_at_k", r.pass_at_k, r.k) for r in passk.itertuples()]
+        metrics += [(f"pass_at_{r.k}", r.pass_at_k, 0) for r in passk.itertuples()]
+        tracking.log(self.cfg, run_id, params=tracking.flat_params(ev.model_dump(mode="json"), "eval."),
+                     metrics=metrics, artifacts=[tmp / "passk.csv", tmp / "per_problem.csv", tmp / "summary.json"])
+        return {"model": self.model, "model_path": self.model_path()}
+
+
+class Report(Stage):
+    stage, sections = "report", ()
+
+    def models(self) -> list[str]:
+        return [m for m in MODELS if m != "teacher" or (self.cfg.eval.include_teacher and self.cfg.teacher_model)]
+
+    def upstream(self):
+        return {m: Evaluate(self.config, self.overrides, model=m) for m in self.models()}
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.run_dir / "report"
+
+    def complete(self) -> bool:  # fixed path: complete only if built from the current inputs
+        return is_complete(self.out_dir) and stage_info(self.out_dir).get("key") == self.key
+
+    def execute(self, tmp, run_id):
+        from pipeline.report import write_report
+
+        evals = {m: Path(t.path) for m, t in self.input().items()}
+        result = write_report(self.cfg, evals, tmp)
+        parent = tracking.parent_run(self.cfg)
+        tracking.log(self.cfg, parent, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report")
+        tracking.log(self.cfg, run_id, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report",
+                     tags={f"{m}_eval_run_id": stage_info(p).get("run_id") for m, p in evals.items()})
+        tracking.end_stage(self.cfg, parent)
+        print((tmp / "report.md").read_text())
+        return {"verdicts": result["verdicts"]}
+
+
+def load_problems(problems_dir: str | Path, split: str) -> list[Problem]:
+    return [Problem.from_dict(d) for d in read_jsonl(Path(problems_dir) / f"{split}.jsonl")]
+
+
+def log_model(cfg: ExperimentConfig, run_id: str, model_dir: Path, final_path: Path) -> None:
+    """Small models are logged as artifacts; big ones are referenced by path (a tag)."""
+    size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20
+    tracking.log(cfg, run_id, tags={"model_path": str(final_path.resolve()), "model_mb": round(size_mb, 1)},
+                 artifacts=[model_dir] if size_mb <= cfg.tracking.log_model_max_mb else [], artifact_path="model")
+
+
+def _thaw(v):
+    """Luigi freezes DictParameter values; the config loader wants plain dicts and lists."""
+    if hasattr(v, "items"):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _gpu(cfg: ExperimentConfig) -> dict:
+    # Only declared when asked for: Luigi treats an unconfigured resource as 1, which would serialise SFT and RL.
+    return {"gpu": cfg.compute.gpus_per_stage} if cfg.compute.gpus_per_stage else {}

@@ -1,0 +1,126 @@
+"""pass@k evaluator: n samples per test problem, each verified by its task, pass@k with bootstrap CIs.
+
+Runnable alone:
+    python -m pipeline.evaluate --model PATH --task chain_sum --n 64 --out DIR
+
+Writes into DIR (atomically): samples.jsonl (one record per sample), problems.jsonl,
+per_problem.csv (model,problem_id,n,correct), passk.csv (model,k,pass_at_k,ci_low,ci_high)
+and summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, EvalConfig, GenerationConfig, TaskSpec, _format_error, load_config
+from pipeline.io import atomic_dir, read_jsonl, write_jsonl
+from pipeline.passk import PER_PROBLEM_COLUMNS, passk_table
+from pipeline.sampling import load_tokenizer, resolve_backend, sample
+from tasks import Problem, Task, build_tasks, problems_for
+
+
+def evaluate(
+    model: str,
+    problems: list[Problem],
+    tasks: dict[str, Task],
+    gen: GenerationConfig,
+    ks: list[int],
+    out_dir: str | Path,
+    name: str | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """Sample gen.n completions per problem from `model`, verify, and write the evaluation to out_dir."""
+    name = name or Path(model).name
+    if max(ks) > gen.n:
+        raise ValueError(f"eval.ks: k={max(ks)} exceeds n={gen.n} samples per problem")
+    tok = load_tokenizer(model)
+    prompts = [tasks[p.task].prompt(p, tok) for p in problems]
+    t0 = time.time()
+    samples = sample(model, prompts, gen.n, gen, seed)
+    wall = time.time() - t0
+    records = []
+    for p, row in zip(problems, samples):
+        task = tasks[p.task]
+        for j, s in enumerate(row):
+            records.append(
+                dict(model=name, problem_id=p.id, task=p.task, difficulty=p.difficulty, sample_index=j,
+                     completion=s.text, extracted=task.extract(s.text), correct=bool(task.verify(p, s.text)),
+                     num_tokens=s.num_tokens, finish_reason=s.finish_reason)
+            )
+    rec = pd.DataFrame(records)
+    per_problem = (
+        rec.groupby("problem_id", sort=False)["correct"].agg(n="size", correct="sum").reset_index().assign(model=name)
+    )[PER_PROBLEM_COLUMNS]
+    passk = passk_table(per_problem, ks, n_boot=n_boot, seed=seed)
+    tokens = int(rec["num_tokens"].sum())
+    summary = dict(model=name, model_path=str(model), backend=resolve_backend(gen.backend), problems=len(problems),
+                   n=gen.n, ks=ks, seed=seed, generation=gen.model_dump(), sample_seconds=round(wall, 2),
+                   generated_tokens=tokens, tokens_per_second=round(tokens / max(wall, 1e-9), 1),
+                   truncated_share=float((rec["finish_reason"] == "length").mean()))
+    with atomic_dir(out_dir) as tmp:
+        write_jsonl(tmp / "samples.jsonl", records)
+        write_jsonl(tmp / "problems.jsonl", (p.to_dict() for p in problems))
+        per_problem.to_csv(tmp / "per_problem.csv", index=False)
+        passk.to_csv(tmp / "passk.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    return passk
+
+
+def _parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model directory or hub id")
+    ap.add_argument("--out", required=True, help="output directory (written atomically)")
+    ap.add_argument("--name", help="model name in the outputs (default: the directory name)")
+    ap.add_argument("--config", help="experiment YAML: its tasks and eval section are the defaults")
+    ap.add_argument("--task", action="append", help="task name (repeatable); overrides the config's tasks")
+    ap.add_argument("--problems", help="JSONL of problems to evaluate on (as written by a previous run)")
+    ap.add_argument("--test-size", type=int, default=100)
+    ap.add_argument("--levels", type=int, nargs="+")
+    ap.add_argument("--task-seed", type=int, default=0)
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--ks", type=int, nargs="+")
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--top-p", type=float)
+    ap.add_argument("--max-tokens", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--backend", choices=["vllm", "hf", "auto"])
+    ap.add_argument("--bootstrap", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    a = _parse_args(argv)
+    try:
+        cfg = load_config(a.config) if a.config else None
+        specs = [TaskSpec(name=t, test_size=a.test_size, levels=a.levels, seed=a.task_seed) for t in a.task or []]
+        specs = specs or (list(cfg.tasks) if cfg else [])
+        if not specs:
+            raise ConfigError("--task: expected at least one task name (or --config with tasks)")
+        overrides = {k: v for k, v in dict(n=a.n, ks=a.ks, temperature=a.temperature, top_p=a.top_p,
+                     max_tokens=a.max_tokens, batch_size=a.batch_size, backend=a.backend,
+                     bootstrap=a.bootstrap).items() if v is not None}
+        ev = EvalConfig(**{**(cfg.eval.model_dump() if cfg else {}), **overrides})
+    except ValidationError as e:
+        raise SystemExit(f"error: {_format_error('arguments', e)}") from None
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    tasks = build_tasks(specs)
+    if a.problems:
+        problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
+        tasks.update(build_tasks([TaskSpec(name=t) for t in {p.task for p in problems} - set(tasks)]))
+    else:
+        problems = problems_for(specs, "test")
+    passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap)
+    print(passk.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+if __name__ == "__main__":
+    main()

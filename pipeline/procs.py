@@ -1,0 +1,63 @@
+"""Run a heavy stage as its own process: `python -m MODULE ...`, or `accelerate launch -m MODULE ...`
+for training with compute.launcher=accelerate. Output streams to the console and to a log file;
+the last line (tqdm bars included) becomes the Luigi status message and its percentage the progress.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from pipeline import tracking
+from pipeline.config import ExperimentConfig
+
+PERCENT = re.compile(rb"(\d{1,3})%")
+
+
+def stage_command(cfg: ExperimentConfig, module: str, args: list[str], train: bool) -> list[str]:
+    if train and cfg.compute.launcher == "accelerate":
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.compute.num_processes),
+                "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
+def run_stage_process(
+    cfg: ExperimentConfig,
+    module: str,
+    args: list[str],
+    run_id: str,
+    log_path: Path,
+    devices: str | None = None,
+    train: bool = False,
+    progress: Callable[[str, int | None], None] | None = None,
+) -> None:
+    env = tracking.stage_env(cfg, run_id)
+    env["PYTHONUNBUFFERED"] = "1"
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+    if cfg.compute.threads:
+        env["OMP_NUM_THREADS"] = str(cfg.compute.threads)
+    cmd = stage_command(cfg, module, args, train)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    last, last_update = b"", 0.0
+    with open(log_path, "wb") as log:
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(65536):
+            log.write(chunk)
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            lines = [x for x in re.split(rb"[\r\n]", chunk) if x.strip()]
+            last = lines[-1] if lines else last
+            if progress and time.time() - last_update > 2:
+                m = PERCENT.search(last)
+                progress(f"{module}: {last.decode(errors='replace').strip()[:200]}", int(m.group(1)) if m else None)
+                last_update = time.time()
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"{module} exited with status {rc}; full log: {log_path}")

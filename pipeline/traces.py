@@ -1,0 +1,112 @@
+"""Teacher traces: sample n chain-of-thought completions per training problem, then keep the
+verified ones (rejection sampling).
+
+    python -m pipeline.traces --config C --problems train.jsonl --out DIR
+
+Generation is sharded: each shard is written atomically into DIR as it finishes and skipped
+when found, so a crash loses one shard at most and a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import ExperimentConfig, load_config
+from pipeline.io import read_jsonl, write_jsonl
+from pipeline.sampling import Engine, load_tokenizer
+from tasks import Problem, build_tasks
+
+
+def shard_path(out_dir: Path, i: int, shards: int) -> Path:
+    return Path(out_dir) / f"shard-{i:03d}-of-{shards:03d}.jsonl"
+
+
+def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str | Path, progress=None) -> list[Path]:
+    """Sample cfg.traces.generation.n teacher completions per problem into shard files."""
+    if cfg.teacher_model is None:
+        raise ValueError("teacher_model: required to generate traces (a model directory or hub id)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen, shards = cfg.traces.generation, cfg.traces.shards
+    tasks = build_tasks(cfg.tasks)
+    paths = [shard_path(out_dir, i, shards) for i in range(shards)]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    if todo:
+        engine = Engine(cfg.teacher_model, gen, cfg.seed)
+        tok = load_tokenizer(cfg.teacher_model)
+    for done, i in enumerate(todo):
+        part = problems[i::shards]
+        prompts = [tasks[p.task].prompt(p, tok) for p in part]
+        samples = engine.generate(prompts, gen.n, seed=cfg.seed * 1000 + i)
+        rows = [dict(problem_id=p.id, task=p.task, difficulty=p.difficulty, sample_index=j, completion=s.text,
+                     num_tokens=s.num_tokens, finish_reason=s.finish_reason)
+                for p, row in zip(part, samples) for j, s in enumerate(row)]
+        tmp = paths[i].with_suffix(".tmp")
+        write_jsonl(tmp, rows)
+        os.replace(tmp, paths[i])  # a shard is either whole or absent
+        if progress:
+            progress(f"shard {i + 1}/{shards} done", 100 * (shards - len(todo) + done + 1) // shards)
+    return paths
+
+
+def filter_traces(
+    cfg: ExperimentConfig, problems: list[Problem], raw: pd.DataFrame, base_tokenizer
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep verified-correct traces, deduplicated, at most max_per_problem per problem.
+
+    The SFT prompt is rendered with the *base* model's tokenizer: SFT trains the base, and it
+    must see the same prompt the evaluator will give it. Returns (kept rows, yield per difficulty)."""
+    tasks = build_tasks(cfg.tasks)
+    by_id = {p.id: p for p in problems}
+    kept, counts = [], defaultdict(lambda: dict(problems=0, samples=0, correct=0, kept=0, problems_kept=0))
+    for pid, g in raw.sort_values(["problem_id", "sample_index"]).groupby("problem_id", sort=False):
+        p = by_id[pid]
+        c = counts[p.difficulty]
+        c["problems"] += 1
+        seen, n_kept = set(), 0
+        for r in g.itertuples():
+            c["samples"] += 1
+            if not tasks[p.task].verify(p, r.completion):
+                continue
+            c["correct"] += 1
+            norm = " ".join(r.completion.split())
+            if norm in seen or n_kept >= cfg.traces.max_per_problem:
+                continue
+            seen.add(norm)
+            n_kept += 1
+            kept.append(dict(problem_id=pid, task=p.task, difficulty=p.difficulty,
+                             prompt=tasks[p.task].prompt(p, base_tokenizer), completion=r.completion))
+        c["kept"] += n_kept
+        c["problems_kept"] += n_kept > 0
+    yld = pd.DataFrame([dict(difficulty=d, **v) for d, v in sorted(counts.items(), key=lambda kv: str(kv[0]))])
+    if not yld.empty:
+        yld["sample_yield"] = yld["correct"] / yld["samples"]
+        yld["problem_yield"] = yld["problems_kept"] / yld["problems"]
+    return pd.DataFrame(kept, columns=["problem_id", "task", "difficulty", "prompt", "completion"]), yld
+
+
+def load_raw(shards: list[Path]) -> pd.DataFrame:
+    return pd.DataFrame([r for p in shards for r in read_jsonl(p)])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--problems", required=True, help="JSONL of training problems")
+    ap.add_argument("--out", required=True, help="shard directory (resumable)")
+    a = ap.parse_args(argv)
+    cfg = load_config(a.config)
+    problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
+    if not problems:
+        raise SystemExit(f"error: {a.problems}: no problems (expected at least one JSONL row)")
+    paths = generate_traces(cfg, problems, a.out, progress=lambda msg, pct: print(f"[traces] {msg} ({pct}%)", flush=True))
+    print(json.dumps({"shards": [str(p) for p in paths]}))
+
+
+if __name__ == "__main__":
+    main()

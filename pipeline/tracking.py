@@ -1,0 +1,133 @@
+"""MLflow tracking: one parent run per experiment, a child run per stage, lineage tags on each.
+
+All calls go through MlflowClient with explicit run ids, so forked Luigi workers never share
+an "active run". Training subprocesses attach to their child run through MLFLOW_RUN_ID (TRL's
+report_to=["mlflow"] resumes that run). The default store is an embedded sqlite file,
+runs/mlflow.db; MLFLOW_TRACKING_URI overrides it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import ExperimentConfig
+
+TAG = "dvr."  # prefix of this project's tags
+MAX_PARAM = 6000
+
+
+def tracking_uri(cfg: ExperimentConfig) -> str:
+    uri = cfg.tracking.resolved_uri(cfg.output_dir)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def client(cfg: ExperimentConfig) -> MlflowClient:
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def experiment_id(cfg: ExperimentConfig) -> str:
+    c = client(cfg)
+    name = cfg.tracking.experiment or cfg.name
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=_artifact_root(cfg, name))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def _artifact_root(cfg: ExperimentConfig, name: str) -> str | None:
+    if tracking_uri(cfg).startswith("sqlite:///"):
+        return (Path(cfg.output_dir).resolve() / "mlartifacts" / name).as_uri()
+    return None  # a tracking server decides
+
+
+def parent_run(cfg: ExperimentConfig) -> str:
+    """The experiment's parent run (created on first use, found again on every rerun)."""
+    c, exp = client(cfg), experiment_id(cfg)
+    found = c.search_runs([exp], f"tags.`{TAG}parent` = 'true' and tags.`{TAG}experiment` = '{cfg.name}'",
+                          max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    run = c.create_run(exp, run_name=cfg.name, tags={f"{TAG}parent": "true", f"{TAG}experiment": cfg.name,
+                                                       f"{TAG}base_model": cfg.base_model,
+                                                       f"{TAG}teacher_model": str(cfg.teacher_model)})
+    log(cfg, run.info.run_id, params=flat_params(cfg.model_dump(mode="json")))
+    return run.info.run_id
+
+
+def start_stage(cfg: ExperimentConfig, stage: str, key: str, lineage: dict[str, Any] | None = None) -> str:
+    """A fresh child run for one execution of a stage; returns its id."""
+    parent = parent_run(cfg)
+    tags = {"mlflow.parentRunId": parent, f"{TAG}stage": stage, f"{TAG}hash": key, f"{TAG}experiment": cfg.name}
+    tags.update({f"{TAG}{k}": str(v) for k, v in (lineage or {}).items()})
+    return client(cfg).create_run(experiment_id(cfg), run_name=f"{stage}-{key}", tags=tags).info.run_id
+
+
+def log(
+    cfg: ExperimentConfig,
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: Iterable[tuple[str, float, int]] | None = None,
+    tags: dict[str, Any] | None = None,
+    artifacts: Iterable[str | Path] = (),
+    artifact_path: str | None = None,
+) -> None:
+    c = client(cfg)
+    ps = [Param(k, str(v)[:MAX_PARAM]) for k, v in (params or {}).items()]
+    ms = [Metric(k, float(v), 0, int(s)) for k, v, s in (metrics or [])]
+    ts = [RunTag(k if k.startswith(("mlflow.", TAG)) else TAG + k, str(v)) for k, v in (tags or {}).items()]
+    for i in range(0, len(ps), 100):  # log_batch takes at most 100 params/tags and 1000 metrics a call
+        c.log_batch(run_id, params=ps[i : i + 100])
+    for i in range(0, len(ts), 100):
+        c.log_batch(run_id, tags=ts[i : i + 100])
+    for i in range(0, len(ms), 1000):
+        c.log_batch(run_id, metrics=ms[i : i + 1000])
+    for a in artifacts:
+        a = Path(a)
+        (c.log_artifacts if a.is_dir() else c.log_artifact)(run_id, str(a), artifact_path)
+
+
+def log_dataset(cfg: ExperimentConfig, run_id: str, df: pd.DataFrame, name: str, source: str, context: str) -> None:
+    """Record a table (problems, traces) as a dataset input of the run, with its digest and schema."""
+    client(cfg)
+    with warnings.catch_warnings():  # MLflow's notes on source resolution and int schemas: noise here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(df, source=source, name=name)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_input(ds, context=context)
+
+
+def end_stage(cfg: ExperimentConfig, run_id: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(run_id, status)
+
+
+def stage_env(cfg: ExperimentConfig, run_id: str) -> dict[str, str]:
+    """Environment for a stage subprocess: TRL's MLflow callback resumes this child run."""
+    env = dict(os.environ)
+    env.update(MLFLOW_TRACKING_URI=tracking_uri(cfg), MLFLOW_RUN_ID=run_id,
+               MLFLOW_EXPERIMENT_ID=experiment_id(cfg))
+    return env
+
+
+def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, key + "."))
+        else:
+            out[key] = v
+    return out
