@@ -1,0 +1,70 @@
+"""TrainSFT: distillation by supervised fine-tuning of the base on the teacher's verified traces.
+
+TRL's SFTTrainer on a prompt-completion dataset: `prompt` is already rendered with the base's
+chat template (task.prompt(problem, tokenizer), exactly what the evaluator samples from) and
+`completion` is the teacher's text. completion_only_loss=True: the prompt tokens get label -100,
+so the loss is on the completion only (TRL also appends EOS to the completion, so the model
+learns to stop).
+
+    python -m pipeline.sft --config configs/tiny.yaml --traces traces.jsonl --out models/sft \
+        [--base-model M] [--seed S]
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from pipeline.config import SFTConfig
+from pipeline.train_common import build_args, cli, common_fields, finish, read_rows
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("prompt", "completion")
+
+
+def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int):
+    """The configured trl.SFTTrainer (dataset tokenized, prompt tokens masked), not yet trained."""
+    rows = read_rows(traces_path, "traces", REQUIRED)  # first: a bad file fails before the heavy imports
+    from datasets import Dataset
+    from transformers import AutoTokenizer, set_seed
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    set_seed(seed)
+    # only the two columns TRL's prompt-completion format reads: other trace fields (problem id,
+    # teacher metadata) differ in type between tasks and would only trouble Arrow
+    data = Dataset.from_list([{"prompt": str(r["prompt"]), "completion": str(r["completion"])} for r in rows])
+    fields = common_fields(cfg, out_dir, seed)
+    fields.update(
+        num_train_epochs=cfg.num_train_epochs,
+        max_length=cfg.max_length,
+        # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
+        warmup_steps=min(cfg.warmup_ratio, 0.999),
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        completion_only_loss=True,
+    )
+    args = build_args(TRLSFTConfig, "sft", fields, cfg.extra)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    return SFTTrainer(model=base_model, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def train_sft(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int) -> dict:
+    """Fine-tune `base_model` on the traces; save model + tokenizer to out_dir; return the final
+    metrics (train_loss, global_step, train_runtime, train_samples_per_second, num_examples)."""
+    trainer = build_sft_trainer(base_model, traces_path, cfg, out_dir, seed)
+    n = len(trainer.train_dataset)
+    log.info("SFT: %d traces, base %s -> %s", n, base_model, out_dir)
+    result = trainer.train()
+    return finish(trainer, result, out_dir, {"num_examples": n})
+
+
+def _run(cfg, traces: str, out: str, base_model: str, seed: int) -> dict:
+    return train_sft(base_model, traces, cfg.sft, out, seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli("sft", "traces", "filtered teacher traces (JSONL with prompt, completion)", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""What the two training stages (pipeline.sft, pipeline.rl) share: reading their input file,
+building the TRL config from our validated section plus its `extra`, MLflow wiring, saving the
+final model and the metrics, and the command line around them.
+
+MLflow: transformers' MLflowCallback (report_to=["mlflow"]) calls `mlflow.start_run(...)`, which
+in mlflow 3.x resumes the run named by the MLFLOW_RUN_ID environment variable (it creates no new
+run and sets the run's status back to RUNNING), logs the TrainingArguments and model config as
+params and every `trainer.log` call as metrics at `state.global_step`. At the end of training it
+calls `mlflow.end_run()`, which marks that run FINISHED; the run stays loggable afterwards. When
+training raises, `mark_run_failed` (used by the CLI) ends it FAILED instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.io import read_jsonl
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "train_metrics.json"
+LOG_HISTORY_FILE = "log_history.json"
+
+
+class TrainInputError(ValueError):
+    """Bad input to a training stage (file, rows, config `extra`); the message is one line."""
+
+
+def read_rows(path: str | os.PathLike, what: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of a JSONL input file; one-line errors for a missing or empty file or a row
+    without the keys the stage needs."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainInputError(f"{what} file {p}: not found (expected a JSONL file with keys {list(required)})")
+    try:
+        rows = read_jsonl(p)
+    except ValueError as e:  # "file:line: not valid JSON (...)"
+        raise TrainInputError(f"{what} file {e}") from None
+    if not rows:
+        raise TrainInputError(f"{what} file {p}: empty (expected at least one JSONL row with keys {list(required)})")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise TrainInputError(f"{what} file {p}: row {i}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise TrainInputError(f"{what} file {p}: row {i}: missing key(s) {missing} (expected keys {list(required)})")
+    return rows
+
+
+def mlflow_enabled() -> bool:
+    """Report to MLflow only when the caller handed us a run to log into."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) and bool(os.environ.get("MLFLOW_RUN_ID"))
+
+
+def report_to() -> list[str] | str:
+    return ["mlflow"] if mlflow_enabled() else "none"
+
+
+def build_args(config_cls: type, section: str, fields: dict[str, Any], extra: dict[str, Any]):
+    """`config_cls(**fields, **extra)`: `extra` wins, so anything the preset sets there reaches
+    TRL as is. An unknown key in `extra` is a one-line error naming it."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise TrainInputError(
+            f"{section}.extra: unknown key(s) {unknown} (expected fields of trl.{config_cls.__name__})"
+        )
+    return config_cls(**{**fields, **extra})
+
+
+def common_fields(cfg, out_dir: str, seed: int) -> dict[str, Any]:
+    """The TrainingArguments both stages set the same way."""
+    return dict(
+        output_dir=str(out_dir),
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        logging_steps=cfg.logging_steps,
+        bf16=cfg.bf16,
+        seed=seed,
+        data_seed=seed,
+        report_to=report_to(),
+        # the final model is saved once, at the end, into out_dir; no intermediate checkpoints
+        # unless the preset asks for them through `extra` (save_strategy/save_steps)
+        save_strategy="no",
+    )
+
+
+def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the final model + tokenizer (safetensors) and the metrics into out_dir; return the metrics."""
+    out = Path(out_dir)
+    trainer.save_model(str(out))  # model (safetensors) + processing_class (the tokenizer)
+    m = train_output.metrics
+    metrics = {
+        "train_loss": float(train_output.training_loss),
+        "global_step": int(train_output.global_step),
+        "train_runtime": float(m.get("train_runtime", 0.0)),
+        "train_samples_per_second": float(m.get("train_samples_per_second", 0.0)),
+        **(extra_metrics or {}),
+    }
+    if trainer.is_world_process_zero():  # one writer under `accelerate launch`
+        _write_json(out / METRICS_FILE, metrics)
+        _write_json(out / LOG_HISTORY_FILE, trainer.state.log_history)
+    return metrics
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def mark_run_failed() -> None:
+    """If this process attached to an MLflow run, end it FAILED (mlflow's atexit hook would
+    otherwise end it FINISHED)."""
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status="FAILED")
+
+
+def cli(stage: str, input_flag: str, input_help: str, run: Callable[..., dict], argv: list[str] | None = None) -> int:
+    """`python -m pipeline.<stage> --config C --<input_flag> F --out D [--base-model M] [--seed S]`:
+    loads and validates the preset, calls `run(cfg, input_path, out_dir, base_model, seed)`,
+    prints the final metrics as one JSON line."""
+    from pipeline.config import ConfigError, load_config
+
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=f"Train the {stage} stage.")
+    ap.add_argument("--config", required=True, help="experiment preset (YAML), e.g. configs/tiny.yaml")
+    ap.add_argument(f"--{input_flag}", required=True, dest="input", help=input_help)
+    ap.add_argument("--out", required=True, help="output directory for the final model (written as given)")
+    ap.add_argument("--base-model", default=None, help="base model path or hub id (default: the preset's base_model)")
+    ap.add_argument("--seed", type=int, default=None, help="seed (default: the preset's seed)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(a.config)
+        metrics = run(cfg, a.input, a.out, a.base_model or cfg.base_model, cfg.seed if a.seed is None else a.seed)
+    except (ConfigError, TrainInputError) as e:
+        mark_run_failed()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BaseException:
+        mark_run_failed()
+        raise
+    print(json.dumps(metrics))
+    return 0
