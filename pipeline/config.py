@@ -132,6 +132,8 @@ class EvalConfig(Strict):
     bootstrap: int = Field(1000, ge=0)
     include_teacher: bool = True
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    perplexity_subset: int = Field(200, ge=0)  # (problem, sample) pairs scored by the Perplexity stage; 0 = skip
+    entropy_temperature: float = Field(0.6, gt=0)  # temperature of the sampling distribution whose entropy is reported
 
     @model_validator(mode="after")
     def ks_within_n(self):

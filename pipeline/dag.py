@@ -74,7 +74,7 @@ class Stage(luigi.Task):
 
     def run(self):
         self.progress(f"{self.stage}: starting", 0)
-        run_id = tracking.start_stage(self.cfg, self.run_name, self.key, self.lineage())
+        run_id = tracking.start_stage(self.cfg, self.stage, self.key, self.lineage(), self.run_name)
         t0 = time.time()
         try:
             with atomic_dir(self.out_dir) as tmp:
@@ -270,14 +270,42 @@ class Evaluate(Stage):
         return {"model": self.model, "model_path": self.model_path()}
 
 
+class Perplexity(Stage):
+    """PPL under the base of every model's samples, each model's PPL of base samples, and entropy."""
+
+    stage, sections = "perplexity", ("eval.perplexity_subset", "eval.entropy_temperature", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
+
+    def upstream(self):
+        return {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
+
+    def execute(self, tmp, run_id):
+        evals = {m: Path(t.path) for m, t in self.input().items()}
+        args = ["--base", self.cfg.base_model, "--out", str(tmp / "ppl"), "--seed", str(self.cfg.seed),
+                "--subset", str(self.cfg.eval.perplexity_subset), "--temperature", str(self.cfg.eval.entropy_temperature),
+                "--evals", *[f"{m}={d}" for m, d in evals.items()]]
+        args += [x for m, d in evals.items() if m != "base" for x in ("--model", f"{m}={stage_info(d)['model_path']}")]
+        self.subprocess("pipeline.perplexity", args, run_id, devices=self.cfg.compute.eval_devices)
+        for f in (tmp / "ppl").iterdir():
+            f.rename(tmp / f.name)
+        (tmp / "ppl").rmdir()
+        result = json.loads((tmp / "perplexity.json").read_text())
+        tracking.log(self.cfg, run_id, metrics=[(k, v, 0) for k, v in result["metrics"].items()],
+                     artifacts=[tmp / "perplexity.json", tmp / "perplexity.png"])
+
+
+def report_models(cfg: ExperimentConfig) -> list[str]:
+    return [m for m in MODELS if m != "teacher" or (cfg.eval.include_teacher and cfg.teacher_model)]
+
+
 class Report(Stage):
     stage, sections = "report", ()
 
-    def models(self) -> list[str]:
-        return [m for m in MODELS if m != "teacher" or (self.cfg.eval.include_teacher and self.cfg.teacher_model)]
-
     def upstream(self):
-        return {m: Evaluate(self.config, self.overrides, model=m) for m in self.models()}
+        up = {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
+        if self.cfg.eval.perplexity_subset:
+            up["perplexity"] = Perplexity(self.config, self.overrides)
+        return up
 
     @property
     def out_dir(self) -> Path:
@@ -289,8 +317,9 @@ class Report(Stage):
     def execute(self, tmp, run_id):
         from pipeline.report import write_report
 
-        evals = {m: Path(t.path) for m, t in self.input().items()}
-        result = write_report(self.cfg, evals, tmp)
+        evals = {m: Path(t.path) for m, t in self.input().items() if m != "perplexity"}
+        ppl = Path(self.input()["perplexity"].path) if "perplexity" in self.input() else None
+        result = write_report(self.cfg, evals, tmp, ppl)
         parent = tracking.parent_run(self.cfg)
         tracking.log(self.cfg, parent, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report")
         tracking.log(self.cfg, run_id, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report",

@@ -19,8 +19,9 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     the next attempt."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed writer (Luigi runs one at a time)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp

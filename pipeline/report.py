@@ -6,6 +6,7 @@ CI; one whose CI includes zero says "not distinguishable".
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline.analysis import analyze  # noqa: E402
 from pipeline.config import ExperimentConfig  # noqa: E402
 from pipeline.passk import paired_difference  # noqa: E402
+from tasks import build_tasks  # noqa: E402
 
 COLORS = {"base": "tab:gray", "teacher": "tab:purple", "sft": "tab:blue", "rl": "tab:red"}
 
@@ -49,8 +52,9 @@ def plot_passk(passk: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path) -> dict:
-    """Build report files in `out` from the evaluation directories {model: dir}."""
+def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None) -> dict:
+    """Build report files in `out` from the evaluation directories {model: dir} (and the
+    Perplexity stage's directory, when there is one)."""
     pp = {m: pd.read_csv(d / "per_problem.csv") for m, d in evals.items()}
     passk = pd.concat([pd.read_csv(d / "passk.csv") for d in evals.values()], ignore_index=True)
     pd.concat(pp.values(), ignore_index=True).to_csv(out / "per_problem.csv", index=False)
@@ -66,14 +70,15 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path) -> di
     if "sft" in pp:
         verdicts.append(verdict("sft_vs_base_kmax", "sft", "base", k_max, k_max, pp, nb, seed))
 
-    extra_md, extra_metrics = "", []
-    try:
-        from pipeline.analysis import analyze  # the analyses beyond pass@k (coverage, histograms, ...)
-    except ImportError:
-        analyze = None
-    if analyze is not None:
-        res = analyze(evals, out, n_boot=nb, seed=seed)
-        extra_md, extra_metrics = res.get("markdown", ""), res.get("metrics", [])
+    analysis = analyze(evals, out, tasks=build_tasks(cfg.tasks))
+    extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
+    extra_md = analysis_markdown(analysis)
+    if ppl_dir is not None:
+        ppl = json.loads((ppl_dir / "perplexity.json").read_text())
+        shutil.copy(ppl_dir / "perplexity.png", out / "perplexity.png")
+        shutil.copy(ppl_dir / "perplexity.json", out / "perplexity.json")
+        extra_md += perplexity_markdown(ppl)
+        extra_metrics += [(k, v, 0) for k, v in ppl["metrics"].items()]
 
     table = passk.pivot(index="k", columns="model", values="pass_at_k")
     lo = passk.pivot(index="k", columns="model", values="ci_low")
@@ -102,3 +107,60 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path) -> di
         metrics.append((f"pass_at_kmax/{m}", table.loc[k_max, m], 0))
     metrics += [(f"verdict/{v['name']}", v["diff"], 0) for v in verdicts]
     return dict(verdicts=verdicts, parent_metrics=metrics + list(extra_metrics))
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+
+
+def _snippet(text: str | None, limit: int = 160) -> str:
+    t = " ".join((text or "").split()).replace("|", "\\|")
+    return f"`{t[:limit]}{'…' if len(t) > limit else ''}`"
+
+
+def analysis_markdown(a: dict) -> str:
+    cov = a["coverage"]
+    lines = ["## Coverage", "", f"Solvable set: problems with at least one correct sample, of {cov['num_problems']}.", ""]
+    lines += _table(["model", "solvable"], [[m, v] for m, v in cov["solvable"].items()])
+    lines += [""] + _table(["vs base", "both", "base only", "model only", "neither"],
+                           [[m, v["both"], v["base_only"], v["model_only"], v["neither"]] for m, v in cov["vs_base"].items()])
+    for m, key, title in (("rl", "lost", "Problems lost by RL (base solves, RL does not)"),
+                          ("sft", "gained", "Problems gained by SFT (SFT solves, base does not)")):
+        items = cov["vs_base"].get(m, {}).get(key, [])
+        lines += ["", f"### {title}: {len(items)}", ""]
+        for it in items[:10]:
+            ex = it.get("correct_completion") or {}
+            lines.append(f"- `{it['question']}` = {it['answer']} (difficulty {it['difficulty']}); "
+                         f"{it['solved_by']} sample: {_snippet(ex.get('completion'))}")
+        if len(items) > 10:
+            lines.append(f"- … {len(items) - 10} more in coverage.json")
+    lines += ["", "## Per-problem accuracy", "", "![accuracy histogram](accuracy_histogram.png)", "",
+              "## pass@k by difficulty", "", "![pass@k by difficulty](passk_by_difficulty.png)", "",
+              "## Sampling-efficiency gap", "", "dSE = base pass@k_max − model pass@1 (lower is better).", ""]
+    lines += _table(["model", "base pass@k_max", "model pass@1", "dSE"],
+                    [[m, v["base_pass_at_kmax"], v["pass_at_1"], v["dse"]] for m, v in a["dse"].items()])
+    if a.get("reasoning"):
+        lines += ["", "## Answer vs reasoning", "",
+                  "Share of correct answers whose step-by-step reasoning is also correct; CoT-pass@k counts "
+                  "a sample only if both are.", ""]
+        lines += _table(["model", "correct answers", "with correct reasoning", "share", "solved", "solved with reasoning"],
+                        [[m, v["correct"], v["correct_with_reasoning"], v["share"] if v["share"] is not None else "n/a",
+                          v["problems_solved"], v["problems_solved_with_reasoning"]] for m, v in a["reasoning"].items()])
+        lines += ["", "![CoT-pass@k](cot_passk.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def perplexity_markdown(p: dict) -> str:
+    b = p["base_name"]
+    lines = ["", "## Perplexity", "",
+             f"On {p['subset']} seeded (problem, sample) pairs. PPL_{b}(Y_m): the base's perplexity of model m's "
+             f"samples (completion tokens only). PPL_m(Y_{b}): model m's perplexity of the base's samples. "
+             f"Entropy: {p['entropy_method']}", "", "![perplexity](perplexity.png)", ""]
+    rows = []
+    for m, v in p["ppl_under_base"].items():
+        rows.append([m, v.get("median", "n/a"), p["ppl_of_base_samples"].get(m, {}).get("median", "n/a"),
+                     p["entropy"].get(m, {}).get("median", "n/a")])
+    lines += _table([f"model m", f"median PPL_{b}(Y_m)", f"median PPL_m(Y_{b})", "median entropy"], rows)
+    return "\n".join(lines) + "\n"

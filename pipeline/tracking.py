@@ -68,12 +68,13 @@ def parent_run(cfg: ExperimentConfig) -> str:
     return run.info.run_id
 
 
-def start_stage(cfg: ExperimentConfig, stage: str, key: str, lineage: dict[str, Any] | None = None) -> str:
+def start_stage(cfg: ExperimentConfig, stage: str, key: str, lineage: dict[str, Any] | None = None,
+                run_name: str | None = None) -> str:
     """A fresh child run for one execution of a stage; returns its id."""
     parent = parent_run(cfg)
     tags = {"mlflow.parentRunId": parent, f"{TAG}stage": stage, f"{TAG}hash": key, f"{TAG}experiment": cfg.name}
     tags.update({f"{TAG}{k}": str(v) for k, v in (lineage or {}).items()})
-    return client(cfg).create_run(experiment_id(cfg), run_name=f"{stage}-{key}", tags=tags).info.run_id
+    return client(cfg).create_run(experiment_id(cfg), run_name=f"{run_name or stage}-{key}", tags=tags).info.run_id
 
 
 def log(

@@ -1,0 +1,89 @@
+"""Integration: the whole DAG on the toy world (configs/smoke.yaml) with real Luigi scheduling,
+real TRL trainers and a real MLflow sqlite store; then an unchanged rerun is a no-op, and a
+change to the RL settings reruns only RL, its evaluation and the report."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out, *extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/smoke.yaml", "--workers", "2",
+           "--set", f"output_dir={out}", *extra]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, toyworld):
+    out = tmp_path_factory.mktemp("runs")
+    stdout = run(out)
+    return out, stdout
+
+
+def test_report_files_and_verdicts(smoke):
+    out, _ = smoke
+    rep = out / "smoke" / "report"
+    pp = pd.read_csv(rep / "per_problem.csv")
+    pk = pd.read_csv(rep / "passk.csv")
+    assert list(pp.columns) == ["model", "problem_id", "n", "correct"]
+    assert list(pk.columns) == ["model", "k", "pass_at_k", "ci_low", "ci_high"]
+    assert set(pk["model"]) == {"base", "teacher", "sft", "rl"}
+    assert sorted(pk["k"].unique()) == [1, 2, 4, 8]
+    assert pp.groupby("model").size().nunique() == 1  # every model saw the same problems
+    assert (rep / "passk.png").stat().st_size > 10_000
+    md = (rep / "report.md").read_text()
+    for phrase in ("rl pass@1 − base pass@1", "base pass@8 − rl pass@8", "sft pass@8 − base pass@8"):
+        assert phrase in md
+    assert md.count("95% CI includes zero") + md.count("higher than") + md.count("lower than") >= 3
+
+
+def test_mlflow_runs_metrics_and_lineage(smoke):
+    out, _ = smoke
+    c = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    exp = c.get_experiment_by_name("smoke")
+    runs = c.search_runs([exp.experiment_id], max_results=200)
+    parent = [r for r in runs if r.data.tags.get("dvr.parent") == "true"]
+    assert len(parent) == 1
+    pid = parent[0].info.run_id
+    children = {r.info.run_name.rsplit("-", 1)[0]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid}
+    assert {"problems", "traces", "filtered", "sft", "rl", "eval-base", "eval-teacher", "eval-sft", "eval-rl",
+            "report"} <= set(children)
+    # pass@k curves: per model on its eval run, and all of them on the parent (step = k)
+    steps = [m.step for m in c.get_metric_history(children["eval-rl"].info.run_id, "pass_at_k")]
+    assert sorted(steps) == [1, 2, 4, 8]
+    for m in ("base", "sft", "rl", "teacher"):
+        assert sorted(x.step for x in c.get_metric_history(pid, f"pass_at_k/{m}")) == [1, 2, 4, 8]
+    # training curves from TRL land in the stage's child run
+    assert "train_loss" in children["sft"].data.metrics or "loss" in children["sft"].data.metrics
+    assert any(k.startswith("reward") for k in children["rl"].data.metrics)
+    # lineage
+    sft_tags = children["sft"].data.tags
+    assert sft_tags["dvr.base_model"].endswith("toyworld/base")
+    assert sft_tags["dvr.teacher_model"].endswith("toyworld/teacher")
+    assert sft_tags["dvr.filtered_run_id"] == children["filtered"].info.run_id
+    assert sft_tags["dvr.traces_run_id"] == children["traces"].info.run_id
+    assert children["eval-rl"].data.tags["dvr.model_run_id"] == children["rl"].info.run_id
+    assert children["rl"].data.tags["dvr.problems_run_id"] == children["problems"].info.run_id
+    # datasets: problems, raw and filtered traces
+    names = {d.dataset.name for r in runs for d in (r.inputs.dataset_inputs if r.inputs else [])}
+    assert {"problems-train", "problems-test", "teacher-traces", "filtered-traces"} <= names
+
+
+def test_unchanged_rerun_is_a_noop_and_rl_change_reruns_only_rl(smoke):
+    out, _ = smoke
+    before = {p.name for p in (out / "smoke").iterdir()}
+    assert "nothing to do" in run(out)
+    assert {p.name for p in (out / "smoke").iterdir()} == before
+    run(out, "--set", "rl.learning_rate=0.0002")
+    new = {p.name for p in (out / "smoke").iterdir()} - before
+    assert sorted(n.split("-")[0] + ("-" + n.split("-")[1] if n.startswith("eval") else "") for n in new) == [
+        "eval-rl", "rl"]
