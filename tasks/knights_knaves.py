@@ -1,0 +1,85 @@
+"""knights_knaves: reasoning-gym's Knights-and-Knaves puzzles, levels = number of people,
+with the Logic-RL reward as an option (shared/paper-notes.md).
+
+`verify` is reasoning-gym's `score_answer == 1.0` (the inherited ReasoningGymTask check). The
+Logic-RL reward (Xie et al. 2025, scoring as in their kk.py) adds:
+  format  +1 when the completion has exactly one <think>, </think>, <answer>, </answer>, in that
+          order; -1 otherwise;
+  answer  +2 when `verify` holds, -1.5 when the answer names a role for every person but is
+          wrong, -2 when it cannot be parsed (a person's "X is a knight/knave" missing, the
+          number of role words not the number of people) or the format is wrong.
+So the reward runs from -3 to 3. Option `reward="logic_rl"` makes `reward()` this reward; the
+default `reward="verify"` keeps the 1/0 reward. `logic_rl_reward` is available either way.
+Puzzles use other role words at random (sage/fool, ...); the parser reads them from the entry.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tasks import register
+from tasks.base import Problem, extract_tagged
+from tasks.gym import ReasoningGymTask
+
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+REWARDS = ("verify", "logic_rl")
+
+
+@register("knights_knaves")
+class KnightsKnavesTask(ReasoningGymTask):
+    OPTIONS = ReasoningGymTask.OPTIONS + ("reward",)
+
+    def __init__(self, **options: Any):
+        self.reward_kind = options.get("reward", "verify")
+        if self.reward_kind not in REWARDS:
+            raise ValueError(f"task knights_knaves: option reward: expected one of {list(REWARDS)}, "
+                             f"got {self.reward_kind!r}")
+        if "n_people" in (options.get("config") or {}):
+            raise ValueError("task knights_knaves: option config.n_people: the number of people is the "
+                             "difficulty level; use levels instead")
+        super().__init__("knights_knaves", **options)
+
+    def level_overrides(self, level: int) -> dict[str, Any]:
+        if level in self.level_options:
+            return dict(self.level_options[level])
+        if level < 2:
+            raise ValueError(f"task knights_knaves: level {level}: expected a number of people >= 2")
+        return {"n_people": level}
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        if self.reward_kind == "logic_rl":
+            return self.logic_rl_reward(problem, completion)
+        return super().reward(problem, completion)
+
+    def logic_rl_reward(self, problem: Problem, completion: str) -> float:
+        if not format_ok(completion):
+            return -1.0 - 2.0
+        if parse_roles(extract_tagged(completion) or "", problem.meta["entry"]["metadata"]) is None:
+            return 1.0 - 2.0
+        return 1.0 + (2.0 if self.verify(problem, completion) else -1.5)
+
+
+def format_ok(completion: str) -> bool:
+    """Exactly one of each tag, in the order <think> </think> <answer> </answer>."""
+    if any(completion.count(t) != 1 for t in TAGS):
+        return False
+    pos = [completion.find(t) for t in TAGS]
+    return pos == sorted(pos)
+
+
+def parse_roles(answer: str, metadata: dict[str, Any]) -> dict[str, bool] | None:
+    """{name: is_knight} from "NAME is a ROLE" for every person, or None (Logic-RL's parser, with
+    the puzzle's own role words)."""
+    terms = metadata["knight_knave_terms"]
+    knight, knave = terms["knight"], terms["knave"]
+    n_roles = len(re.findall(rf"\b(?:{re.escape(knight)}|{re.escape(knave)})\b", answer, re.IGNORECASE))
+    if n_roles != len(metadata["names"]):
+        return None
+    roles = {}
+    for name in metadata["names"]:
+        m = re.search(rf"\b{re.escape(name)}\s+is\s+({re.escape(terms['a_knight'])}|{re.escape(terms['a_knave'])})\b",
+                      answer, re.IGNORECASE)
+        if m is None:
+            return None
+        roles[name] = m.group(1).lower() == terms["a_knight"].lower()
+    return roles
