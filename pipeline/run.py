@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             print(f"nothing to do: {r.cfg.name} is up to date ({r.out_dir / 'report.md'})")
         return 0
     kw = dict(scheduler_url=a.scheduler_url) if a.scheduler_url else dict(local_scheduler=True)
-    res = luigi.build(pending, workers=a.workers, detailed_summary=True, **kw)
+    res = luigi.build(pending, workers=a.workers, detailed_summary=True, log_level="INFO", **kw)
     print(res.summary_text)
     for r in reports:
         print(f"report: {r.out_dir / 'report.md'}")

