@@ -1,6 +1,6 @@
 """Integration: the whole DAG on the toy world (configs/smoke.yaml) with real Luigi scheduling,
 real TRL trainers and a real MLflow sqlite store; then an unchanged rerun is a no-op, and a
-change to the RL settings reruns only RL, its evaluation and the report."""
+change to the RL settings reruns only RL, its evaluation, perplexity and the report."""
 import os
 import subprocess
 import sys
@@ -85,5 +85,6 @@ def test_unchanged_rerun_is_a_noop_and_rl_change_reruns_only_rl(smoke):
     assert {p.name for p in (out / "smoke").iterdir()} == before
     run(out, "--set", "rl.learning_rate=0.0002")
     new = {p.name for p in (out / "smoke").iterdir()} - before
+    # only RL, its evaluation and what reads every evaluation (perplexity; the report is rewritten in place)
     assert sorted(n.split("-")[0] + ("-" + n.split("-")[1] if n.startswith("eval") else "") for n in new) == [
-        "eval-rl", "rl"]
+        "eval-rl", "perplexity", "rl"]
