@@ -68,6 +68,23 @@ def accuracy_histogram(counts: pd.DataFrame, path: str | os.PathLike, title: str
     return savefig_atomic(fig, path)
 
 
+def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str) -> Path:
+    """Overlaid pass@k curves with their 95% CI bands (passk.csv's columns), log2 k axis."""
+    models = list(dict.fromkeys(passk["model"]))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for m in models:
+        g = passk[passk["model"] == m].sort_values("k")
+        ax.plot(g["k"], g["pass_at_k"], marker="o", ms=3, label=m, color=color_of(m, models))
+        ax.fill_between(g["k"], g["ci_low"], g["ci_high"], alpha=0.2, color=color_of(m, models))
+    _log2_k_axis(ax, sorted(passk["k"].unique()))
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(title="model (95% CI bands)")
+    return savefig_atomic(fig, path)
+
+
 def passk_by_difficulty(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """One panel per difficulty, one line per model. `df` columns: model, difficulty, k, pass_at_k,
     num_problems (difficulty is a label string, panels in the order they first appear)."""
@@ -75,7 +92,8 @@ def passk_by_difficulty(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     models = list(dict.fromkeys(df["model"]))
     cols = min(3, len(diffs))
     rows = math.ceil(len(diffs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, d in zip(axes.flat, diffs):
         g = df[df["difficulty"] == d]
         for m in models:

@@ -9,19 +9,13 @@ import json
 import shutil
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.analysis import analyze  # noqa: E402
-from pipeline.config import ExperimentConfig  # noqa: E402
-from pipeline.passk import paired_difference  # noqa: E402
-from tasks import build_tasks  # noqa: E402
-
-COLORS = {"base": "tab:gray", "teacher": "tab:purple", "sft": "tab:blue", "rl": "tab:red"}
-
+from pipeline import plots
+from pipeline.analysis import analyze
+from pipeline.config import ExperimentConfig
+from pipeline.passk import paired_difference
+from tasks import build_tasks
 
 def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.DataFrame], n_boot: int, seed: int) -> dict:
     """pass@k_a(a) − pass@k_b(b) with its CI, in words."""
@@ -34,24 +28,6 @@ def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.Data
     return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, verdict=words)
 
 
-def plot_passk(passk: pd.DataFrame, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for model, g in passk.groupby("model", sort=False):
-        c = COLORS.get(model)
-        ax.plot(g["k"], g["pass_at_k"], marker="o", ms=3, label=model, color=c)
-        ax.fill_between(g["k"], g["ci_low"], g["ci_high"], alpha=0.2, color=c)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples per problem, log2 scale)")
-    ax.set_ylabel("pass@k")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(title="model (95% CI bands)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None) -> dict:
     """Build report files in `out` from the evaluation directories {model: dir} (and the
     Perplexity stage's directory, when there is one)."""
@@ -59,7 +35,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     passk = pd.concat([pd.read_csv(d / "passk.csv") for d in evals.values()], ignore_index=True)
     pd.concat(pp.values(), ignore_index=True).to_csv(out / "per_problem.csv", index=False)
     passk.to_csv(out / "passk.csv", index=False)
-    plot_passk(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems")
+    plots.passk_curves(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems")
 
     k_max = int(passk["k"].max())
     nb, seed = max(cfg.eval.bootstrap, 1), cfg.seed
