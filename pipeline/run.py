@@ -5,7 +5,7 @@
     python -m pipeline.run --config configs/tiny.yaml --sweep seed=0,1,2 --sweep rl.loss_type=grpo,dapo
 
 It is the same DAG as `luigi --module pipeline.dag Report --config ...`. A sweep runs the cross
-product of its values, each as its own experiment named `<name>__key=value...`, so reports and
+product of its values, each as its own experiment named `<name>__key-value...`, so reports and
 MLflow parent runs stay apart. An unchanged rerun runs nothing and says so.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def experiments(config: str, sets: dict, sweeps: dict) -> list[dict]:
         sw = dict(zip(sweeps, combo))
         ov.update(sw)
         if sw and "name" not in ov:
-            ov["name"] = name + "__" + "__".join(f"{k}={v}" for k, v in sw.items())
+            ov["name"] = name + "__" + "__".join(f"{k}-{v}" for k, v in sw.items())
         load_config(config, ov)  # validate every combination before anything runs
         runs.append(ov)
     return runs
