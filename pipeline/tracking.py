@@ -7,6 +7,7 @@ runs/mlflow.db; MLFLOW_TRACKING_URI overrides it.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
 from pathlib import Path
@@ -30,9 +31,19 @@ def tracking_uri(cfg: ExperimentConfig) -> str:
     return uri
 
 
+_READY: set[str] = set()
+
+
 def client(cfg: ExperimentConfig) -> MlflowClient:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        # MLflow creates and migrates a new sqlite store on first use; two Luigi workers doing that at
+        # once fail ("duplicate column name"), so the first use is serialised with a file lock.
+        with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient(uri).search_experiments(max_results=1)
+        _READY.add(uri)
     return MlflowClient(uri)
 
 
