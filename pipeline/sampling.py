@@ -118,13 +118,14 @@ class Engine:
                     top_p=g.top_p if sampling else None,
                     top_k=0 if sampling else None,  # no hidden top-k: the same distribution as vLLM
                     max_new_tokens=g.max_tokens,
-                    num_return_sequences=n,
+                    num_return_sequences=n if sampling else 1,  # greedy: one decode, repeated n times
                     pad_token_id=tok.pad_token_id,
                     eos_token_id=self.eos_ids,
                 )
             new = ids[:, enc["input_ids"].shape[1] :].tolist()
+            per = n if sampling else 1
             for p in range(len(chunk)):
-                out.append([_hf_sample(tok, new[p * n + j], self.eos_ids) for j in range(n)])
+                out.append([_hf_sample(tok, new[p * per + (j if sampling else 0)], self.eos_ids) for j in range(n)])
             bar.update(len(chunk))
         bar.close()
         return out
