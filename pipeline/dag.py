@@ -326,7 +326,8 @@ class Report(Stage):
         result = write_report(self.cfg, evals, tmp, ppl)
         parent = tracking.parent_run(self.cfg)
         tracking.log(self.cfg, parent, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report")
-        tracking.log(self.cfg, run_id, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report",
+        tracking.log(self.cfg, run_id, metrics=result["parent_metrics"] + result["analysis_metrics"],
+                     artifacts=[tmp], artifact_path="report",
                      tags={f"{m}_eval_run_id": stage_info(p).get("run_id") for m, p in evals.items()})
         tracking.end_stage(self.cfg, parent)
         print((tmp / "report.md").read_text())

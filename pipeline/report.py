@@ -82,7 +82,8 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
         metrics.append((f"pass_at_1/{m}", table.loc[1, m] if 1 in table.index else float("nan"), 0))
         metrics.append((f"pass_at_kmax/{m}", table.loc[k_max, m], 0))
     metrics += [(f"verdict/{v['name']}", v["diff"], 0) for v in verdicts]
-    return dict(verdicts=verdicts, parent_metrics=metrics + list(extra_metrics))
+    # the parent run gets only the curves and headline numbers, so its chart view opens on them
+    return dict(verdicts=verdicts, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
