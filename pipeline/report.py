@@ -78,10 +78,12 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
 
     metrics = [(f"pass_at_k/{r.model}", r.pass_at_k, int(r.k)) for r in passk.itertuples()]
+    # headline numbers under "summary/", so the chart view's first section is the pass_at_k curves
     for m in models:
-        metrics.append((f"pass_at_1/{m}", table.loc[1, m] if 1 in table.index else float("nan"), 0))
-        metrics.append((f"pass_at_kmax/{m}", table.loc[k_max, m], 0))
-    metrics += [(f"verdict/{v['name']}", v["diff"], 0) for v in verdicts]
+        if 1 in table.index:
+            metrics.append((f"summary/{m}_pass_at_1", table.loc[1, m], 0))
+        metrics.append((f"summary/{m}_pass_at_{k_max}", table.loc[k_max, m], 0))
+    metrics += [(f"summary/verdict_{v['name']}", v["diff"], 0) for v in verdicts]
     # the parent run gets only the curves and headline numbers, so its chart view opens on them
     return dict(verdicts=verdicts, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
 
