@@ -182,10 +182,24 @@ class FilterTraces(Stage):
         return {"kept_traces": len(kept)}
 
 
-class TrainSFT(Stage):
+class TrainStage(Stage):
+    """A training stage: `python -m <module>` (or `accelerate launch`) on one input file, then the model."""
+
     priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
-    stage, sections = "sft", ("base_model", "sft", "seed")
     resources = property(lambda self: _gpu(self.cfg))
+    module = input_flag = input_key = input_file = ""
+
+    def execute(self, tmp, run_id):
+        self.subprocess(self.module, ["--config", str(tmp / "config.yaml"), self.input_flag,
+                        f"{self.input()[self.input_key].path}/{self.input_file}", "--out", str(tmp / "model")],
+                        run_id, devices=getattr(self.cfg.compute, f"{self.stage}_devices"), train=True)
+        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
+        return {"model": str(self.out_dir / "model")}
+
+
+class TrainSFT(TrainStage):
+    stage, sections = "sft", ("base_model", "sft", "seed")
+    module, input_flag, input_key, input_file = "pipeline.sft", "--traces", "filtered", "filtered.jsonl"
 
     def upstream(self):
         return {"filtered": FilterTraces(self.config, self.overrides)}
@@ -195,31 +209,16 @@ class TrainSFT(Stage):
         return {**super().lineage(), "base_model": self.cfg.base_model, "teacher_model": self.cfg.teacher_model,
                 "traces_run_id": stage_info(traces.out_dir).get("run_id")}
 
-    def execute(self, tmp, run_id):
-        self.subprocess("pipeline.sft", ["--config", str(tmp / "config.yaml"), "--traces",
-                        self.input()["filtered"].path + "/filtered.jsonl", "--out", str(tmp / "model")], run_id,
-                        devices=self.cfg.compute.sft_devices, train=True)
-        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
-        return {"model": str(self.out_dir / "model")}
 
-
-class TrainRL(Stage):
-    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
+class TrainRL(TrainStage):
     stage, sections = "rl", ("base_model", "rl", "seed")
-    resources = property(lambda self: _gpu(self.cfg))
+    module, input_flag, input_key, input_file = "pipeline.rl", "--problems", "problems", "train.jsonl"
 
     def upstream(self):
         return {"problems": Problems(self.config, self.overrides)}
 
     def lineage(self):
         return {**super().lineage(), "base_model": self.cfg.base_model}
-
-    def execute(self, tmp, run_id):
-        self.subprocess("pipeline.rl", ["--config", str(tmp / "config.yaml"), "--problems",
-                        self.input()["problems"].path + "/train.jsonl", "--out", str(tmp / "model")], run_id,
-                        devices=self.cfg.compute.rl_devices, train=True)
-        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
-        return {"model": str(self.out_dir / "model")}
 
 
 class Evaluate(Stage):

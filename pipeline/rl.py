@@ -21,8 +21,12 @@ import sys
 from typing import Any, Callable
 
 from pipeline.config import RLConfig
-from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, read_rows
+from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, read_rows, same_named
 from tasks.base import Problem, Task
+
+# RLConfig fields named as trl.GRPOConfig names them
+GRPO_FIELDS = ("num_generations", "loss_type", "beta", "epsilon", "epsilon_high", "temperature", "top_p",
+               "max_completion_length", "top_entropy_quantile")
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +111,7 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
     )
     reward = TaskReward(tasks, cfg.reward)
     fields = common_fields(cfg, out_dir, seed)
-    fields.update(
-        num_generations=cfg.num_generations,
-        loss_type=cfg.loss_type,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        epsilon_high=cfg.epsilon_high,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_completion_length=cfg.max_completion_length,
-        top_entropy_quantile=cfg.top_entropy_quantile,
-        use_vllm=False,
-    )
+    fields.update(same_named(cfg, GRPO_FIELDS), use_vllm=False)
     args = build_args(GRPOConfig, "rl", fields, cfg.extra)
     return GRPOTrainer(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
 

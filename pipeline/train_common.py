@@ -74,16 +74,20 @@ def build_args(config_cls: type, section: str, fields: dict[str, Any], extra: di
     return config_cls(**{**fields, **extra})
 
 
+# RLConfig/SFTConfig fields whose names are TRL's argument names, passed through as they are
+COMMON_FIELDS = ("learning_rate", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "logging_steps", "bf16")
+
+
+def same_named(cfg, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(cfg, n) for n in names}
+
+
 def common_fields(cfg, out_dir: str, seed: int) -> dict[str, Any]:
     """The TrainingArguments both stages set the same way."""
     return dict(
+        same_named(cfg, COMMON_FIELDS),
         output_dir=str(out_dir),
-        learning_rate=cfg.learning_rate,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        logging_steps=cfg.logging_steps,
-        bf16=cfg.bf16,
         seed=seed,
         data_seed=seed,
         report_to=report_to(),
