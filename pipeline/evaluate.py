@@ -4,8 +4,8 @@ Runnable alone:
     python -m pipeline.evaluate --model PATH --task chain_sum --n 64 --out DIR
 
 Writes into DIR (atomically): samples.jsonl (one record per sample), problems.jsonl,
-per_problem.csv (model,problem_id,n,correct), passk.csv (model,k,pass_at_k,ci_low,ci_high)
-and summary.json.
+per_problem.csv (model,problem_id,n,correct), per_problem_lenient.csv (the same under the task's
+lenient grader), passk.csv (model,k,pass_at_k,ci_low,ci_high) and summary.json.
 """
 from __future__ import annotations
 
@@ -52,13 +52,16 @@ def evaluate(
             records.append(
                 dict(model=name, problem_id=p.id, task=p.task, difficulty=p.difficulty, sample_index=j,
                      completion=s.text, extracted=task.extract(s.text), correct=bool(task.verify(p, s.text)),
-                     num_tokens=s.num_tokens, finish_reason=s.finish_reason)
+                     correct_lenient=bool(task.verify_lenient(p, s.text)), num_tokens=s.num_tokens,
+                     finish_reason=s.finish_reason)
             )
     rec = pd.DataFrame(records)
     per_problem = (
         rec.groupby("problem_id", sort=False)["correct"].agg(n="size", correct="sum").reset_index().assign(model=name)
     )[PER_PROBLEM_COLUMNS]
     passk = passk_table(per_problem, ks, n_boot=n_boot, seed=seed)
+    lenient = (rec.groupby("problem_id", sort=False)["correct_lenient"].agg(n="size", correct="sum").reset_index()
+               .assign(model=name))[PER_PROBLEM_COLUMNS]
     tokens = int(rec["num_tokens"].sum())
     summary = dict(model=name, model_path=str(model), backend=resolve_backend(gen.backend), problems=len(problems),
                    n=gen.n, ks=ks, seed=seed, generation=gen.model_dump(), sample_seconds=round(wall, 2),
@@ -69,6 +72,7 @@ def evaluate(
         write_jsonl(tmp / "problems.jsonl", (p.to_dict() for p in problems))
         per_problem.to_csv(tmp / "per_problem.csv", index=False)
         passk.to_csv(tmp / "passk.csv", index=False)
+        lenient.to_csv(tmp / "per_problem_lenient.csv", index=False)  # the same, graded leniently
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return passk
 

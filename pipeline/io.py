@@ -19,8 +19,9 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     the next attempt."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed writer (Luigi runs one at a time)
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed writer; a live one's stays
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     try:
@@ -32,6 +33,19 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that named a temporary directory still runs (same machine)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def is_complete(path: str | os.PathLike) -> bool:

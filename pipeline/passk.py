@@ -42,8 +42,8 @@ def passk_table(per_problem: pd.DataFrame, ks: list[int], n_boot: int = 1000, se
         if n_boot > 0 and len(g) > 1:
             boots = bootstrap_means(vals, n_boot, seed)
             lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
-        else:
-            lo, hi = mean, mean
+        else:  # no resamples (or one problem): no interval, never a zero-width one
+            lo = hi = np.full(len(ks), np.nan)
         rows += [(model, k, mean[j], lo[j], hi[j]) for j, k in enumerate(ks)]
     return pd.DataFrame(rows, columns=PASSK_COLUMNS)
 
@@ -51,13 +51,15 @@ def passk_table(per_problem: pd.DataFrame, ks: list[int], n_boot: int = 1000, se
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_boot: int = 1000, seed: int = 0):
     """pass@k_a(a) - pass@k_b(b) on the problems both saw, with a paired 95% bootstrap CI.
 
-    Returns (difference, ci_low, ci_high, number of shared problems)."""
+    Returns (difference, ci_low, ci_high, number of shared problems); the CI is NaN without resamples."""
     m = a.merge(b, on="problem_id", suffixes=("_a", "_b"))
     if m.empty:
         raise ValueError("paired_difference: the two models share no problem ids")
     va = per_problem_passk(m["n_a"].to_numpy(), m["correct_a"].to_numpy(), [k_a])[:, 0]
     vb = per_problem_passk(m["n_b"].to_numpy(), m["correct_b"].to_numpy(), [k_b])[:, 0]
     d = va - vb
-    boots = bootstrap_means(d[:, None], n_boot, seed)[:, 0] if n_boot > 0 else np.array([d.mean()])
+    if n_boot <= 0 or len(d) < 2:  # no interval to state
+        return float(d.mean()), float("nan"), float("nan"), len(m)
+    boots = bootstrap_means(d[:, None], n_boot, seed)[:, 0]
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return float(d.mean()), float(lo), float(hi), len(m)

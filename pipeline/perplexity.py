@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from tasks.base import encode_prompt
 from pipeline import plots
 from pipeline.config import check_model_ref
 from pipeline.analysis import EvalRun, _jsonable, _same_problems, load_evals, write_json_atomic
@@ -69,6 +70,12 @@ def load_scorer(path: str):
     return model, load_tokenizer(path)
 
 
+def prompt_completion_ids(tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) per pair: the prompt as every stage encodes it (`encode_prompt`)."""
+    return [(encode_prompt(tokenizer, p), tokenizer(c, add_special_tokens=False)["input_ids"])
+            for p, c in zip(prompts, completions)]
+
+
 def score(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 8,
           temperature: float = 1.0, desc: str | None = None) -> list[TokenStats]:
     """Teacher-forced log-likelihood and entropy of each completion given its prompt, completion
@@ -81,8 +88,7 @@ def score(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], 
         raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
     if temperature <= 0:
         raise ValueError(f"--temperature: expected > 0, got {temperature}")
-    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    p_ids, c_ids = (list(x) for x in zip(*prompt_completion_ids(tokenizer, prompts, completions)))
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
     truncated = [False] * len(c_ids)
     for i, (p, c) in enumerate(zip(p_ids, c_ids)):
@@ -199,19 +205,22 @@ def run_perplexity(base: str, models: Mapping[str, str], evals: Mapping[str, str
     ppl_base = {src: _summary(st, "ppl") for src, st in base_scores.items()}
     ppl_of_base = {base_name: ppl_base[base_name]}
     entropy = {base_name: _summary(base_scores[base_name], "mean_entropy")}
+    ppl_own = {base_name: ppl_base[base_name]}  # PPL_m(Y_m): each model's perplexity of its own samples
     for m, path in models.items():
         sc = run_scorer(m, path, [base_name, m])
         ppl_of_base[m] = _summary(sc[base_name], "ppl")
+        ppl_own[m] = _summary(sc[m], "ppl")
         entropy[m] = _summary(sc[m], "mean_entropy")
 
     result = {
         "base_model": base, "base_name": base_name, "models": dict(models), "subset": len(pairs),
         "seed": seed, "temperature": temperature, "entropy_method": ENTROPY_METHOD,
-        "ppl_under_base": ppl_base, "ppl_of_base_samples": ppl_of_base, "entropy": entropy,
+        "ppl_under_base": ppl_base, "ppl_of_base_samples": ppl_of_base, "ppl_own_samples": ppl_own,
+        "entropy": entropy,
     }
     result["metrics"] = {f"{section}/{name}/{stat}": float(v[stat])
                          for section, key in (("ppl_base", "ppl_under_base"), ("ppl_of_base", "ppl_of_base_samples"),
-                                              ("entropy", "entropy"))
+                                              ("ppl_own", "ppl_own_samples"), ("entropy", "entropy"))
                          for name, v in result[key].items() for stat in ("median", "mean", "pooled") if stat in v}
 
     def values(scorer: str, source: str, field: str) -> list[float]:

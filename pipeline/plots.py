@@ -75,13 +75,14 @@ def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str) -> Pa
     for m in models:
         g = passk[passk["model"] == m].sort_values("k")
         ax.plot(g["k"], g["pass_at_k"], marker="o", ms=3, label=m, color=color_of(m, models))
-        ax.fill_between(g["k"], g["ci_low"], g["ci_high"], alpha=0.2, color=color_of(m, models))
+        if g["ci_low"].notna().all():
+            ax.fill_between(g["k"], g["ci_low"], g["ci_high"], alpha=0.2, color=color_of(m, models))
     _log2_k_axis(ax, sorted(passk["k"].unique()))
     ax.set_ylabel("pass@k")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title)
-    ax.legend(title="model (95% CI bands)")
+    ax.legend(title="model (95% CI bands)" if passk["ci_low"].notna().all() else "model (no CI: eval.bootstrap is 0)")
     return savefig_atomic(fig, path)
 
 

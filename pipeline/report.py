@@ -1,11 +1,13 @@
 """The report: pass@k table and curves for every model, and three verdicts computed from the data.
 
 Each verdict is a paired difference over the shared test problems with a seeded 95% bootstrap
-CI; one whose CI includes zero says "not distinguishable".
+CI; one whose CI includes zero says "not distinguishable". A verdict about an arm whose training
+did not learn (pipeline.health) is "inconclusive", and without resamples there is no verdict.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -14,37 +16,53 @@ import pandas as pd
 from pipeline import plots
 from pipeline.analysis import analyze
 from pipeline.config import ExperimentConfig
-from pipeline.passk import paired_difference
-from tasks import build_tasks
+from pipeline.health import check_arm, describe, plot_arm, read_history
+from pipeline.io import read_jsonl
+from pipeline.passk import paired_difference, passk_table
+from tasks import build_tasks, spec_label
 
-def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.DataFrame], n_boot: int, seed: int) -> dict:
-    """pass@k_a(a) − pass@k_b(b) with its CI, in words."""
+def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.DataFrame], n_boot: int, seed: int,
+            health: dict[str, dict] | None = None) -> dict:
+    """pass@k_a(a) − pass@k_b(b) with its CI, in words. A comparison with an arm whose training did
+    not learn is inconclusive, and one without resamples (eval.bootstrap: 0) states no verdict."""
     d, lo, hi, m = paired_difference(pp[a], pp[b], k_a, k_b, n_boot=n_boot, seed=seed)
-    if lo <= 0 <= hi:
-        words = f"not distinguishable (the 95% CI includes zero)"
+    sick = [x for x in (a, b) if x in (health or {}) and not health[x]["learned"]]
+    if sick:
+        words = "inconclusive: " + "; ".join(f"the {x} run did not learn ({describe(x, health[x])})" for x in sick)
+    elif math.isnan(lo):
+        words = "no verdict: eval.bootstrap is 0, so there is no confidence interval"
+    elif lo <= 0 <= hi:
+        words = "not distinguishable (the 95% CI includes zero)"
     else:
         words = f"{a} {'higher' if d > 0 else 'lower'} than {b}"
     label = f"{a} pass@{k_a} − {b} pass@{k_b}"
-    return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, verdict=words)
+    return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, verdict=words,
+                conclusive=not sick and not math.isnan(lo))
 
 
-def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None) -> dict:
-    """Build report files in `out` from the evaluation directories {model: dir} (and the
-    Perplexity stage's directory, when there is one)."""
-    pp = {m: pd.read_csv(d / "per_problem.csv") for m, d in evals.items()}
+def _ci(lo: float, hi: float) -> str:
+    return "" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]"
+
+
+def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None,
+                 train_logs: dict[str, Path] | None = None) -> dict:
+    """Build report files in `out` from the evaluation directories {model: dir}, the Perplexity
+    stage's directory (when there is one) and the trained arms' log histories {arm: log_history.json}."""
+    pp = {m: pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str}) for m, d in evals.items()}
     passk = pd.concat([pd.read_csv(d / "passk.csv") for d in evals.values()], ignore_index=True)
     pd.concat(pp.values(), ignore_index=True).to_csv(out / "per_problem.csv", index=False)
     passk.to_csv(out / "passk.csv", index=False)
     plots.passk_curves(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems")
 
     k_max = int(passk["k"].max())
-    nb, seed = max(cfg.eval.bootstrap, 1), cfg.seed
+    nb, seed = cfg.eval.bootstrap, cfg.seed
+    health = training_health(train_logs or {}, out, cfg.seed, cfg.health.min_gain)
     verdicts = []
     if "rl" in pp:
-        verdicts.append(verdict("rl_vs_base_pass1", "rl", "base", 1, 1, pp, nb, seed))
-        verdicts.append(verdict("base_vs_rl_kmax", "base", "rl", k_max, k_max, pp, nb, seed))
+        verdicts.append(verdict("rl_vs_base_pass1", "rl", "base", 1, 1, pp, nb, seed, health))
+        verdicts.append(verdict("base_vs_rl_kmax", "base", "rl", k_max, k_max, pp, nb, seed, health))
     if "sft" in pp:
-        verdicts.append(verdict("sft_vs_base_kmax", "sft", "base", k_max, k_max, pp, nb, seed))
+        verdicts.append(verdict("sft_vs_base_kmax", "sft", "base", k_max, k_max, pp, nb, seed, health))
 
     analysis = analyze(evals, out, tasks=build_tasks(cfg.tasks))
     extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
@@ -60,22 +78,36 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     lo = passk.pivot(index="k", columns="model", values="ci_low")
     hi = passk.pivot(index="k", columns="model", values="ci_high")
     models = list(pp)
+    ci_words = (f"95% bootstrap CIs over problems ({nb} resamples, seed {seed})" if nb else
+                "no confidence intervals and no verdicts (eval.bootstrap is 0)")
     lines = [f"# {cfg.name}: distillation vs RL", "",
              f"Base `{cfg.base_model}`, teacher `{cfg.teacher_model}`, tasks "
-             f"{', '.join(t.name for t in cfg.tasks)}; n={cfg.eval.n} samples per problem at temperature "
-             f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}; 95% bootstrap CIs over problems (seed {seed}).", "",
-             "## Verdicts", ""]
+             f"{', '.join(spec_label(t) for t in cfg.tasks)}; n={cfg.eval.n} samples per problem at temperature "
+             f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}; {ci_words}.", ""]
+    if cfg.teacher_model is None:
+        lines += ["No SFT arm and no teacher: `teacher_model` is not set, so there are no traces to distill.", ""]
+    lines += health_markdown(health)
+    lines += ["## Verdicts", ""]
     for v in verdicts:
-        lines.append(f"- **{v['comparison']}** = {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] "
+        lines.append(f"- **{v['comparison']}** = {v['diff']:+.3f}{_ci(v['ci_low'], v['ci_high'])} "
                      f"on {v['problems']} problems: {v['verdict']}.")
     lines += ["", "## pass@k", "", "![pass@k curves](passk.png)", "",
               "| k | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for k in table.index:
-        cells = [f"{table.loc[k, m]:.3f} [{lo.loc[k, m]:.3f}, {hi.loc[k, m]:.3f}]" for m in models]
+        cells = [f"{table.loc[k, m]:.3f}" + ("" if math.isnan(lo.loc[k, m]) else f" [{lo.loc[k, m]:.3f}, {hi.loc[k, m]:.3f}]")
+                 for m in models]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    by_task, task_md = per_benchmark(evals, pp, sorted(passk["k"].unique()), nb, seed)
+    if by_task is not None:
+        by_task.to_csv(out / "passk_by_task.csv", index=False)
+        lines += task_md
+        extra_metrics += [(f"by_task/{r.task}/{r.model}_pass_at_{r.k}", r.pass_at_k, 0)
+                          for r in by_task.itertuples() if r.k in (1, k_max)]
+    lines += grader_markdown(evals, pp, k_max)
     lines += ["", extra_md] if extra_md else []
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
+    (out / "health.json").write_text(json.dumps(health, indent=2))
 
     metrics = [(f"pass_at_k/{r.model}", r.pass_at_k, int(r.k)) for r in passk.itertuples()]
     # headline numbers under "summary/", so the chart view's first section is the pass_at_k curves
@@ -84,8 +116,86 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
             metrics.append((f"summary/{m}_pass_at_1", table.loc[1, m], 0))
         metrics.append((f"summary/{m}_pass_at_{k_max}", table.loc[k_max, m], 0))
     metrics += [(f"summary/verdict_{v['name']}", v["diff"], 0) for v in verdicts]
+    metrics += [(f"summary/{arm}_learned", float(h["learned"]), 0) for arm, h in health.items()]
     # the parent run gets only the curves and headline numbers, so its chart view opens on them
-    return dict(verdicts=verdicts, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
+    return dict(verdicts=verdicts, health=health, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
+
+
+def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain: float) -> dict[str, dict]:
+    """check_arm for every trained arm, and its curves as training_<arm>.png."""
+    health = {}
+    for arm, path in train_logs.items():
+        history = read_history(path)
+        kind = "rl" if arm == "rl" or arm.startswith("rl") else "sft"
+        health[arm] = check_arm(history, kind, min_gain=min_gain, seed=seed)
+        png = plot_arm(history, kind, out / f"training_{arm}.png", f"{arm}: training curves")
+        health[arm]["plot"] = png.name if png else None
+    return health
+
+
+def health_markdown(health: dict[str, dict]) -> list[str]:
+    if not health:
+        return []
+    lines = ["## Training health", "",
+             "Each trained arm's training metric, first 10% of logged steps against the last 20%, with a 95% "
+             "bootstrap CI of the difference. An arm learned when that CI lies above zero and the gain is at "
+             "least `health.min_gain`.", ""]
+    for arm, h in health.items():
+        if not h["learned"]:
+            lines.append(f"> **Warning: the {arm} run did not learn** ({describe(arm, h)}). Every verdict that "
+                         f"involves {arm} is inconclusive until this is fixed.")
+            lines.append("")
+    lines += _table(["arm", "metric", "first window", "last window", "difference [95% CI]", "learned"],
+                    [[arm, h.get("metric") or "n/a", h.get("first", float("nan")), h.get("last", float("nan")),
+                      f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]" if "diff" in h else h.get("reason"),
+                      "yes" if h["learned"] else "**no**"] for arm, h in health.items()])
+    lines.append("")
+    lines += [f"![{arm} training curves]({h['plot']})" for arm, h in health.items() if h.get("plot")]
+    return lines + [""]
+
+
+def per_benchmark(evals: dict[str, Path], pp: dict[str, pd.DataFrame], ks: list[int], n_boot: int, seed: int):
+    """pass@k per task label (benchmark) when the study has more than one: (table, markdown)."""
+    first = next(iter(evals.values()))
+    task_of = {r["id"]: r["task"] for r in read_jsonl(first / "problems.jsonl")}
+    if len(set(task_of.values())) < 2:
+        return None, []
+    parts = []
+    for task in sorted(set(task_of.values())):
+        sub = pd.concat([g[g["problem_id"].map(task_of) == task] for g in pp.values()], ignore_index=True)
+        parts.append(passk_table(sub, [k for k in ks if k <= sub["n"].min()], n_boot=n_boot, seed=seed).assign(task=task))
+    tab = pd.concat(parts, ignore_index=True)[["task", "model", "k", "pass_at_k", "ci_low", "ci_high"]]
+    k_max = int(tab["k"].max())
+    models = list(pp)
+    md = ["", "## pass@k by benchmark", "", "| benchmark | problems | " + " | ".join(
+        f"{m} pass@1 | {m} pass@{k_max}" for m in models) + " |", "|---|---|" + "---|---|" * len(models)]
+    for task, g in tab.groupby("task", sort=False):
+        val = {(r.model, r.k): r.pass_at_k for r in g.itertuples()}
+        n_probs = sum(1 for t in task_of.values() if t == task)
+        md.append(f"| {task} | {n_probs} | " + " | ".join(f"{val.get((m, 1), float('nan')):.3f} | "
+                                                             f"{val.get((m, k_max), float('nan')):.3f}" for m in models) + " |")
+    return tab, md
+
+
+def grader_markdown(evals: dict[str, Path], pp: dict[str, pd.DataFrame], k_max: int) -> list[str]:
+    """pass@1 and pass@k_max under the task's grader and under its lenient variant (last number
+    anywhere in the completion for math): how much of a curve depends on the grader."""
+    rows, differs = [], False
+    for m, d in evals.items():
+        f = d / "per_problem_lenient.csv"
+        if not f.is_file():
+            continue
+        len_pp = pd.read_csv(f, dtype={"problem_id": str})
+        differs |= not len_pp["correct"].equals(pp[m]["correct"])
+        s, l = passk_table(pp[m], [1, k_max], n_boot=0), passk_table(len_pp, [1, k_max], n_boot=0)
+        rows.append([m, *s["pass_at_k"].tolist(), *l["pass_at_k"].tolist()])
+    if not rows:
+        return []
+    if not differs:
+        return ["", "## Grader", "", "The lenient grader (any last number counts) gives the same counts as the strict one."]
+    return ["", "## Grader", "", "Strict: only an `<answer>` block or `\\boxed{}` counts. Lenient: else the last number "
+            "anywhere in the completion.", ""] + _table(
+        ["model", "strict pass@1", f"strict pass@{k_max}", "lenient pass@1", f"lenient pass@{k_max}"], rows)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -140,6 +250,7 @@ def perplexity_markdown(p: dict) -> str:
     rows = []
     for m, v in p["ppl_under_base"].items():
         rows.append([m, v.get("median", "n/a"), p["ppl_of_base_samples"].get(m, {}).get("median", "n/a"),
+                     p.get("ppl_own_samples", {}).get(m, {}).get("median", "n/a"),
                      p["entropy"].get(m, {}).get("median", "n/a")])
-    lines += _table([f"model m", f"median PPL_{b}(Y_m)", f"median PPL_m(Y_{b})", "median entropy"], rows)
+    lines += _table([f"model m", f"median PPL_{b}(Y_m)", f"median PPL_m(Y_{b})", "median PPL_m(Y_m)", "median entropy"], rows)
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from pipeline.config import RLConfig
 from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, read_rows, same_named
-from tasks.base import Problem, Task
+from tasks.base import Problem, Task, encode_prompt
 
 # RLConfig fields named as trl.GRPOConfig names them
 GRPO_FIELDS = ("num_generations", "loss_type", "beta", "epsilon", "epsilon_high", "temperature", "top_p",
@@ -89,12 +89,28 @@ def load_problems(problems_path: str) -> list[Problem]:
     return out
 
 
+def grpo_trainer_class():
+    """TRL's GRPOTrainer, with plain-text prompts encoded by `encode_prompt` like every other stage:
+    TRL 1.16 encodes them with the tokenizer's special tokens, which doubles the BOS of a
+    chat-rendered prompt for Llama-3, Mistral or Gemma tokenizers."""
+    from trl import GRPOTrainer
+    from trl.data_utils import is_conversational
+
+    class Trainer(GRPOTrainer):
+        def _tokenize_prompts(self, prompts: list):
+            if is_conversational({"prompt": prompts[0]}):
+                return super()._tokenize_prompts(prompts)
+            return [encode_prompt(self.processing_class, p) for p in prompts], None, {}
+
+    return Trainer
+
+
 def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int):
     """The configured trl.GRPOTrainer, not yet trained."""
     problems = load_problems(problems_path)  # first: a bad file fails before the heavy imports
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from tasks import build_tasks
 
@@ -106,14 +122,18 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
         )
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if cfg.curriculum:  # easy to hard; stable, so equal levels keep the file's order
+        problems = sorted(problems, key=lambda p: (p.difficulty is None, p.difficulty or 0))
     data = Dataset.from_list(
         [{"prompt": tasks[p.task].prompt(p, tokenizer), "problem": json.dumps(p.to_dict())} for p in problems]
     )
     reward = TaskReward(tasks, cfg.reward)
     fields = common_fields(cfg, out_dir, seed)
-    fields.update(same_named(cfg, GRPO_FIELDS), use_vllm=False)
+    fields.update(same_named(cfg, GRPO_FIELDS), use_vllm=False, lr_scheduler_type=cfg.lr_scheduler_type,
+                  # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
+                  warmup_steps=cfg.warmup_ratio, shuffle_dataset=not cfg.curriculum)
     args = build_args(GRPOConfig, "rl", fields, cfg.extra)
-    return GRPOTrainer(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
+    return grpo_trainer_class()(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
 
 
 def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int) -> dict:

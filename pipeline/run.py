@@ -40,7 +40,7 @@ def experiments(config: str, sets: dict, sweeps: dict) -> list[dict]:
         ov = dict(base)
         sw = dict(zip(sweeps, combo))
         ov.update(sw)
-        if sw and "name" not in ov:
+        if sw:  # always distinct, also under --set name=X: members must never share stage directories
             ov["name"] = name + "__" + "__".join(f"{k}-{v}" for k, v in sw.items())
         load_config(config, ov)  # validate every combination before anything runs
         runs.append(ov)

@@ -48,6 +48,24 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def resolve_dtype(model: str, dtype: str) -> str:
+    """The weights' dtype on every backend: `auto` is the checkpoint's own (config.json), so HF and
+    vLLM (whose own `auto` is bf16 on CPU) compute in the same precision."""
+    if dtype != "auto":
+        return dtype
+    cfg_path = Path(model) / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        found = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+    else:  # a hub id: ask transformers, which reads the same field
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(model)
+        found = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
+    found = str(found or "float32").removeprefix("torch.")
+    return found if found in ("float32", "bfloat16", "float16") else "float32"
+
+
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
@@ -69,22 +87,34 @@ class Engine:
 
     def __init__(self, model: str, gen: GenerationConfig, seed: int = 0):
         self.model, self.gen, self.backend = model, gen, resolve_backend(gen.backend)
+        dtype = resolve_dtype(model, gen.dtype)
         if self.backend == "vllm":
             from vllm import LLM
 
-            self.llm = LLM(model=model, seed=seed, gpu_memory_utilization=gen.gpu_memory_utilization, dtype=gen.dtype)
+            # generation_config="vllm": the checkpoint's generation_config.json (repetition_penalty, top_k,
+            # ...) supplies no defaults; only the config's temperature, top_p and max_tokens apply
+            self.llm = LLM(model=model, seed=seed, gpu_memory_utilization=gen.gpu_memory_utilization, dtype=dtype,
+                           generation_config="vllm")
         else:
             import torch
             from transformers import AutoModelForCausalLM
+            from transformers import GenerationConfig as HFGenerationConfig
 
             self.tok = load_tokenizer(model)
             self.tok.padding_side = "left"
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.lm = AutoModelForCausalLM.from_pretrained(model).to(self.device).eval()
+            self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(self.device).eval()
             self.eos_ids = _eos_ids(self.lm, self.tok)
+            # generate() fills every unset field from the checkpoint's generation_config (a Qwen config ships
+            # repetition_penalty=1.05, top_k=20, ...); a blank one leaves only what _hf passes, as on vLLM
+            self.lm.generation_config = HFGenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.tok.pad_token_id)
 
     def generate(self, prompts: list[str], n: int, seed: int = 0) -> list[list[Sample]]:
         return (self._vllm if self.backend == "vllm" else self._hf)(prompts, n, seed)
+
+    def encode(self, prompts: list[str]):
+        """Left-padded prompt ids for HF generate: `encode_prompt`'s ids, no special tokens added."""
+        return self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
     def _vllm(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
         from vllm import SamplingParams
@@ -108,7 +138,7 @@ class Engine:
         bar = tqdm(total=len(prompts), desc=f"sample[hf] {Path(self.model).name}", unit="prompt", mininterval=2)
         for ci, start in enumerate(range(0, len(prompts), per_chunk)):
             chunk = prompts[start : start + per_chunk]
-            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            enc = self.encode(chunk)
             torch.manual_seed(seed * 1_000_003 + ci)  # per chunk: results do not depend on earlier chunks
             sampling = g.temperature > 0
             with torch.no_grad():

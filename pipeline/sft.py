@@ -1,10 +1,9 @@
 """TrainSFT: distillation by supervised fine-tuning of the base on the teacher's verified traces.
 
-TRL's SFTTrainer on a prompt-completion dataset: `prompt` is already rendered with the base's
-chat template (task.prompt(problem, tokenizer), exactly what the evaluator samples from) and
-`completion` is the teacher's text. completion_only_loss=True: the prompt tokens get label -100,
-so the loss is on the completion only (TRL also appends EOS to the completion, so the model
-learns to stop).
+TRL's SFTTrainer on a tokenized prompt-completion dataset: `prompt` is already rendered with the
+base's chat template (task.prompt(problem, tokenizer), exactly what the evaluator samples from) and
+`completion` is the teacher's text plus EOS (see `tokenize_example`). completion_only_loss=True:
+the prompt tokens get label -100, so the loss is on the completion only.
 
     python -m pipeline.sft --config configs/tiny.yaml --traces traces.jsonl --out models/sft \
         [--base-model M] [--seed S]
@@ -16,6 +15,7 @@ import sys
 
 from pipeline.config import SFTConfig
 from pipeline.train_common import build_args, cli, common_fields, finish, read_rows
+from tasks.base import encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,8 @@ def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir
     from trl import SFTTrainer
 
     set_seed(seed)
-    # only the two columns TRL's prompt-completion format reads: other trace fields (problem id,
-    # teacher metadata) differ in type between tasks and would only trouble Arrow
-    data = Dataset.from_list([{"prompt": str(r["prompt"]), "completion": str(r["completion"])} for r in rows])
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    data = Dataset.from_list([tokenize_example(tokenizer, str(r["prompt"]), str(r["completion"])) for r in rows])
     fields = common_fields(cfg, out_dir, seed)
     fields.update(
         num_train_epochs=cfg.num_train_epochs,
@@ -44,8 +43,18 @@ def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir
         completion_only_loss=True,
     )
     args = build_args(TRLSFTConfig, "sft", fields, cfg.extra)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
     return SFTTrainer(model=base_model, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def tokenize_example(tokenizer, prompt: str, completion: str) -> dict[str, list[int]]:
+    """input_ids and completion_mask of one trace, tokenized here rather than by TRL: TRL encodes a
+    plain-text prompt with the tokenizer's special tokens, which doubles the BOS of a chat-rendered
+    prompt, while sampling, GRPO and perplexity use `encode_prompt`. The prompt and the completion
+    are encoded apart, as at inference (the model continues the prompt's tokens), and the
+    completion ends with EOS so the model learns to stop."""
+    p = encode_prompt(tokenizer, prompt)
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
 
 
 def train_sft(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int) -> dict:

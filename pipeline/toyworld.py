@@ -7,7 +7,6 @@ pretrains the shipped base and teacher checkpoints. Design notes: docs/toyworld.
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pipeline.config import ConfigError, _format_error
+from pipeline.identity import code_fingerprint
 from tasks.base import Problem
 from tasks.toy_arith import ToyArith, apply, completion_text, expr, parse_chain, trace_lines
 
@@ -234,23 +234,12 @@ def load_bootstrap_config(path: str | os.PathLike | None = None, seed: int | Non
 HASHED_SOURCES = ("pipeline/toyworld.py", "tasks/toy_arith.py", "tasks/base.py")
 
 
-def _code_fingerprint(source: str) -> str:
-    """The module's AST without docstrings: edits to comments, docstrings or formatting do not
-    make the shipped checkpoints stale; any change to what the code does does."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False, include_attributes=False)
-
-
 def bootstrap_hash(cfg: BootstrapConfig) -> str:
     """sha256 over the bootstrap config and the code that turns it into checkpoints."""
     h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
     for rel in HASHED_SOURCES:
         h.update(rel.encode())
-        h.update(_code_fingerprint((REPO / rel).read_text()).encode())
+        h.update(code_fingerprint((REPO / rel).read_text()).encode())
     return h.hexdigest()
 
 

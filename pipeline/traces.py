@@ -1,7 +1,8 @@
 """Teacher traces: sample n chain-of-thought completions per training problem, then keep the
 verified ones (rejection sampling).
 
-    python -m pipeline.traces --config C --problems train.jsonl --out DIR
+    python -m pipeline.traces generate --config C --problems train.jsonl --out DIR
+    python -m pipeline.traces filter --config C --problems train.jsonl --traces DIR --out DIR2
 
 Generation is sharded: each shard is written atomically into DIR as it finishes and skipped
 when found, so a crash loses one shard at most and a rerun resumes.
@@ -96,17 +97,31 @@ def load_raw(shards: list[Path]) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--problems", required=True, help="JSONL of training problems")
-    ap.add_argument("--out", required=True, help="shard directory (resumable)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="sample teacher traces into shard files (resumable)")
+    g.add_argument("--config", required=True)
+    g.add_argument("--problems", required=True, help="JSONL of training problems")
+    g.add_argument("--out", required=True, help="shard directory (resumable)")
+    f = sub.add_parser("filter", help="keep the verified traces: filtered.jsonl and yield.csv")
+    f.add_argument("--config", required=True)
+    f.add_argument("--problems", required=True, help="JSONL of training problems")
+    f.add_argument("--traces", required=True, help="directory of shard-*.jsonl files")
+    f.add_argument("--out", required=True, help="directory for filtered.jsonl and yield.csv")
     a = ap.parse_args(argv)
     cfg = load_config(a.config)
     problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
     if not problems:
         raise SystemExit(f"error: {a.problems}: no problems (expected at least one JSONL row)")
-    paths = generate_traces(cfg, problems, a.out, progress=lambda msg, pct: print(f"[traces] {msg} ({pct}%)", flush=True))
-    print(json.dumps({"shards": [str(p) for p in paths]}))
-
-
-if __name__ == "__main__":
-    main()
+    if a.cmd == "generate":
+        paths = generate_traces(cfg, problems, a.out, progress=lambda msg, pct: print(f"[traces] {msg} ({pct}%)", flush=True))
+        print(json.dumps({"shards": [str(p) for p in paths]}))
+        return
+    raw = load_raw(sorted(Path(a.traces).glob("shard-*.jsonl")))
+    kept, yld = filter_traces(cfg, problems, raw, load_tokenizer(cfg.base_model))
+    if kept.empty:
+        raise SystemExit(f"error: {a.traces}: no teacher trace was verified correct, so there is nothing to distill "
+                         f"(raise traces.generation.n or check the teacher)")
+    out = Path(a.out)
+    write_jsonl(out / "filtered.jsonl", kept.to_dict("records"))
+    yld.to_csv(out / "yield.csv", index=False)
+    print(f"[filter] kept {len(kept)} traces; yield per difficulty:\n{yld.to_string(index=False)}")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import contextmanager
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
@@ -65,13 +67,29 @@ def _artifact_root(cfg: ExperimentConfig, name: str) -> str | None:
     return None  # a tracking server decides
 
 
+@contextmanager
+def _lock(cfg: ExperimentConfig, name: str):
+    """An exclusive file lock under output_dir: Luigi workers are processes, and search-then-create
+    must be one step for them."""
+    path = Path(cfg.output_dir) / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def parent_run(cfg: ExperimentConfig) -> str:
     """The experiment's parent run (created on first use, found again on every rerun)."""
     c, exp = client(cfg), experiment_id(cfg)
-    found = c.search_runs([exp], f"tags.`{TAG}parent` = 'true' and tags.`{TAG}experiment` = '{cfg.name}'",
-                          max_results=1, order_by=["attributes.start_time ASC"])
-    if found:
-        return found[0].info.run_id
+    with _lock(cfg, "mlflow-parent"):  # two workers must not both find none and create two
+        found = c.search_runs([exp], f"tags.`{TAG}parent` = 'true' and tags.`{TAG}experiment` = '{cfg.name}'",
+                              max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        return _create_parent(cfg, c, exp)
+
+
+def _create_parent(cfg: ExperimentConfig, c: MlflowClient, exp: str) -> str:
     run = c.create_run(exp, run_name=cfg.name, tags={f"{TAG}parent": "true", f"{TAG}experiment": cfg.name,
                                                        f"{TAG}base_model": cfg.base_model,
                                                        f"{TAG}teacher_model": str(cfg.teacher_model)})
@@ -118,8 +136,9 @@ def log_dataset(cfg: ExperimentConfig, run_id: str, df: pd.DataFrame, name: str,
     with warnings.catch_warnings():  # MLflow's notes on source resolution and int schemas: noise here
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(df, source=source, name=name)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_input(ds, context=context)
+    # through the client with the run id: `mlflow.start_run(run_id=...)` would end (FINISH) the
+    # stage's run when its block exits, mid-stage
+    client(cfg).log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
 
 def end_stage(cfg: ExperimentConfig, run_id: str, status: str = "FINISHED") -> None:

@@ -5,6 +5,7 @@ reasoning-gym task. `verify(problem, completion)` dispatches on `problem.task`.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Callable
 
@@ -59,19 +60,45 @@ def _load_families() -> None:
     import tasks.toy_arith  # noqa: F401
 
 
-__all__ = ["Problem", "Task", "REGISTRY", "register", "get_task", "task_names", "task_for", "verify"]
+__all__ = ["Problem", "Task", "REGISTRY", "register", "get_task", "task_names", "task_for", "verify", "build_tasks",
+           "problems_for", "spec_label"]
+
+
+def spec_label(spec) -> str:
+    """A task spec's identity in a study: its `label`, else its task name. Two specs of one family
+    (GSM8K and MATH-500, both `math`) differ by label."""
+    return getattr(spec, "label", None) or spec.name
 
 
 def build_tasks(specs) -> dict[str, Task]:
-    """One configured Task instance per spec (objects with .name and .options), keyed by task name."""
-    return {s.name: get_task(s.name, **dict(s.options)) for s in specs}
+    """One configured Task instance per spec (objects with .name, .options and optionally
+    .label), keyed by the spec's label: two specs of the same family stay two tasks."""
+    out: dict[str, Task] = {}
+    for s in specs:
+        label = spec_label(s)
+        if label in out:
+            raise ValueError(f"tasks: two specs are labelled {label!r} (give each a distinct `label`, "
+                             f"e.g. gsm8k and math500)")
+        out[label] = get_task(s.name, **dict(s.options))
+    return out
 
 
 def problems_for(specs, split: str) -> list[Problem]:
-    """The problems of `split` for every task spec (.train_size/.test_size/.levels/.seed), in order."""
+    """The problems of `split` for every task spec (.train_size/.test_size/.levels/.seed), in order.
+
+    A problem's `task` is its spec's label, and a labelled spec prefixes its problem ids with the
+    label, so ids stay unique across specs (a duplicate is an error, never a silent merge)."""
     tasks = build_tasks(specs)
     out: list[Problem] = []
+    seen: set[str] = set()
     for s in specs:
+        label = spec_label(s)
         n = s.train_size if split == "train" else s.test_size
-        out += tasks[s.name].problems(split, n, seed=s.seed, levels=s.levels)
+        for p in tasks[label].problems(split, n, seed=s.seed, levels=s.levels):
+            if label != p.task:
+                p = replace(p, id=f"{label}-{p.id}", task=label)
+            if p.id in seen:
+                raise ValueError(f"tasks: problem id {p.id!r} comes from two specs (give them distinct labels)")
+            seen.add(p.id)
+            out.append(p)
     return out

@@ -60,6 +60,13 @@ def render_prompt(user_text: str, tokenizer=None) -> str:
     return f"{user_text}\n"
 
 
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The token ids of a rendered prompt, the same in every stage (sampling, SFT, GRPO, perplexity):
+    no special tokens added, since the chat template already wrote the ones the model expects (a
+    tokenizer that adds BOS would otherwise give Llama-3, Mistral or Gemma a doubled BOS)."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 class Task:
     """Base class. Subclasses implement `generate` (and `verify` when the answer check is special)."""
 
@@ -114,6 +121,11 @@ class Task:
     def verify(self, problem: Problem, completion: str) -> bool:
         pred = self.extract(completion)
         return pred is not None and pred == problem.answer.strip()
+
+    def verify_lenient(self, problem: Problem, completion: str) -> bool:
+        """`verify` with the most forgiving answer extraction the task has (for a report of how much a
+        result depends on the grader); the same as `verify` for tasks with one way to extract."""
+        return self.verify(problem, completion)
 
     def reward(self, problem: Problem, completion: str) -> float:
         """RL reward; by default exactly `verify`. Tasks may offer shaped variants (Logic-RL)."""

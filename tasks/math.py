@@ -9,8 +9,11 @@ as "openai/gsm8k", with `dataset_config` and `train_split`/`test_split`) loaded 
 where the hub is reachable. Train never overlaps test: train drops every question the test source
 also has (whitespace-normalised text).
 
-Answer extraction, in order: the last <answer>...</answer> (what the prompt asks for), else the
-last \\boxed{...} (what math models are trained to write), else the last number in the completion.
+Answer extraction (option `extraction`): strict, the default, takes the last <answer>...</answer>
+(what the prompt asks for), else the last \\boxed{...} (what math models are trained to write), and
+nothing else. lenient also falls back to the last number anywhere in the completion, which credits
+a rambling model for incidental numbers and so inflates pass@k at large k; the evaluator records
+both, and the report shows how much of a curve depends on the grader.
 The extracted text is parsed by math-verify as LaTeX (wrapped in $...$ unless it has its own
 delimiters); if it also contains words ("42 dollars") math-verify's plain-text extraction is tried
 as well. Gold is parsed as \\boxed{gold}. math-verify runs with its signal timeouts off (they raise
@@ -54,7 +57,8 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 @register("math")
 class MathTask(Task):
     name = "math"
-    OPTIONS = ("train_file", "test_file", "dataset", "dataset_config", "train_split", "test_split", "timeout")
+    OPTIONS = ("train_file", "test_file", "dataset", "dataset_config", "train_split", "test_split", "timeout",
+               "extraction")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -62,6 +66,9 @@ class MathTask(Task):
         if unknown:
             raise ValueError(f"task math: unknown option {unknown[0]!r} (expected one of {list(self.OPTIONS)})")
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
+        self.extraction = options.get("extraction", "strict")
+        if self.extraction not in ("strict", "lenient"):
+            raise ValueError(f"task math: option extraction: expected 'strict' or 'lenient', got {self.extraction!r}")
         self._pools: dict[str, list[Problem]] = {}
 
     # ---- problems -------------------------------------------------------------------------
@@ -110,18 +117,23 @@ class MathTask(Task):
         raise ValueError(f"task math: split {split!r} needs option {opt} (a local JSONL file) or dataset (a hub name)")
 
     # ---- checking ---------------------------------------------------------------------------
-    def extract(self, completion: str) -> str | None:
+    def extract(self, completion: str, lenient: bool | None = None) -> str | None:
         tagged = extract_tagged(completion)
         if tagged is not None:
             return tagged
         boxed = last_boxed(completion)
         if boxed is not None:
             return boxed
+        if not (self.extraction == "lenient" if lenient is None else lenient):
+            return None
         numbers = NUMBER_RE.findall(completion)
         return numbers[-1].replace(",", "") if numbers else None
 
-    def verify(self, problem: Problem, completion: str) -> bool:
-        pred = self.extract(completion)
+    def verify_lenient(self, problem: Problem, completion: str) -> bool:
+        return self.verify(problem, completion, lenient=True)
+
+    def verify(self, problem: Problem, completion: str, lenient: bool | None = None) -> bool:
+        pred = self.extract(completion, lenient)
         if pred is None or not pred.strip():
             return False
         try:

@@ -218,12 +218,15 @@ def test_gsm8k_fixture_verify():
     assert set(probs) == {"37", "210", "360", "32"}
     p = probs["37"]
     assert p.task == "math" and p.meta["layout"] == "gsm8k" and p.difficulty is None
-    for good in [tagged("37"), tagged("$37$"), tagged("37 apples"), "so the answer is \\boxed{37}.", "He has 37 left."]:
+    for good in [tagged("37"), tagged("$37$"), tagged("37 apples"), "so the answer is \\boxed{37}."]:
         assert registry_verify(p, good), good
-    for bad in [tagged("38"), tagged("3.7"), "\\boxed{38}", "no number here", tagged("")]:
-        assert not registry_verify(p, bad), bad
+    for bad in [tagged("38"), tagged("3.7"), "\\boxed{38}", "no number here", tagged(""), "He has 37 left."]:
+        assert not registry_verify(p, bad), bad  # strict by default: a bare number in prose is no answer
     big = [roundtrip(q) for q in task.problems("train", 5) if q.answer == "1200"][0]  # gold "#### 1,200"
-    assert registry_verify(big, tagged("1,200")) and registry_verify(big, "The total is 1,200 pencils")
+    assert registry_verify(big, tagged("1,200")) and not registry_verify(big, "The total is 1,200 pencils")
+    lenient = get_task("math", extraction="lenient", **GSM)
+    assert lenient.verify(p, "He has 37 left.") and lenient.verify(big, "The total is 1,200 pencils")
+    assert task.verify_lenient(p, "He has 37 left.") and not task.verify(p, "He has 37 left.")
 
 
 def test_math500_fixture_verify_and_levels():
@@ -248,8 +251,12 @@ def test_math_extraction_order():
     task = get_task("math")
     assert task.extract("\\boxed{1} then <answer>2</answer> and 3") == "2"
     assert task.extract("first \\boxed{1}, finally \\boxed{\\frac{a}{b}} and 3") == "\\frac{a}{b}"
-    assert task.extract("it is 1,234 or maybe -5.5") == "-5.5"
+    assert task.extract("it is 1,234 or maybe -5.5") is None  # strict: only <answer> or \\boxed{}
+    assert get_task("math", extraction="lenient").extract("it is 1,234 or maybe -5.5") == "-5.5"
+    assert task.extract("it is 1,234 or maybe -5.5", lenient=True) == "-5.5"
     assert task.extract("no answer") is None
+    with pytest.raises(ValueError, match="option extraction: expected 'strict' or 'lenient'"):
+        get_task("math", extraction="loose")
 
 
 def test_math_problems_deterministic_and_splits_disjoint():

@@ -245,3 +245,53 @@ def test_cli_bad_input_exits_2_with_one_line(world, tmp_path):
         "['prompt', 'completion'])"
     )
     assert not (tmp_path / "out").exists()
+
+
+# ---- one prompt, one set of token ids, in every stage (issue 13, item 4) ----------------------------
+@pytest.fixture(scope="module")
+def bos_world(tmp_path_factory):
+    """A base whose tokenizer adds BOS (as Llama-3, Mistral and Gemma tokenizers do) and whose chat
+    template also writes it."""
+    from tokenizers import processors
+
+    from pipeline.toyworld import CHAT_TEMPLATE
+
+    d = tmp_path_factory.mktemp("bos")
+    tok = build_tokenizer()
+    bos = "<|system|>"
+    bid = tok.convert_tokens_to_ids(bos)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bid)])
+    tok.bos_token, tok.chat_template = bos, "{{ bos_token }}" + CHAT_TEMPLATE
+    build_model(tok, hidden=64, layers=2, max_positions=256, seed=0).save_pretrained(d / "base")
+    tok.save_pretrained(d / "base")
+    tok = AutoTokenizer.from_pretrained(d / "base")
+    assert tok("1")["input_ids"][0] == bid  # it really adds BOS
+    task = get_task("toy_arith")
+    problems = task.problems("train", 2, seed=0, levels=[1])
+    write_jsonl(d / "traces.jsonl", [trace_for(task, p, tok) for p in problems])
+    write_jsonl(d / "problems.jsonl", [p.to_dict() for p in problems])
+    return {"dir": d, "base": str(d / "base"), "tok": tok, "bid": bid, "task": task, "problems": problems}
+
+
+def test_sft_grpo_sampling_and_perplexity_see_the_same_prompt_ids(bos_world, tmp_path):
+    from pipeline.perplexity import prompt_completion_ids
+    from pipeline.sampling import Engine
+    from pipeline.config import GenerationConfig
+    from tasks.base import encode_prompt
+
+    w, tok = bos_world, bos_world["tok"]
+    prompts = [w["task"].prompt(p, tok) for p in w["problems"]]
+    want = [encode_prompt(tok, p) for p in prompts]
+    assert all(ids.count(w["bid"]) == 1 and ids[0] == w["bid"] for ids in want)  # one BOS, from the template
+    sft = build_sft_trainer(w["base"], str(w["dir"] / "traces.jsonl"), SFTConfig(max_steps=1, extra=FAST),
+                            str(tmp_path / "s"), seed=0)
+    for ids, ex in zip(want, sft.train_dataset):
+        assert ex["input_ids"][: len(ids)] == ids and ex["input_ids"][len(ids)] != w["bid"]
+        assert ex["input_ids"][-1] == tok.eos_token_id
+    cfg = RLConfig(num_generations=2, per_device_train_batch_size=2, max_steps=1, max_completion_length=8, extra=FAST)
+    grpo = build_rl_trainer(w["base"], str(w["dir"] / "problems.jsonl"), [SPEC], cfg, str(tmp_path / "r"), seed=0)
+    assert grpo._tokenize_prompts(prompts)[0] == want
+    assert [p for p, _ in prompt_completion_ids(tok, prompts, ["x"] * 2)] == want
+    engine = Engine(w["base"], GenerationConfig(backend="hf", max_tokens=2))
+    assert [engine.encode([p])["input_ids"][0].tolist() for p in prompts] == want

@@ -1,0 +1,154 @@
+"""The report on evaluation directories with known counts: verdict signs and words, no CI without
+resamples, inconclusive verdicts for an arm that did not learn, per-benchmark tables, the grader
+table, and file paths that survive the rename into place."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.io import write_jsonl
+from pipeline.passk import PER_PROBLEM_COLUMNS, pass_at_k, passk_table
+from pipeline.report import write_report
+from tasks import build_tasks, problems_for
+from test_analysis import N, counted_texts, write_eval
+
+BASE = [0, 1, 10, 5, 0, 3, 9, 10, 0, 2, 1, 0]  # correct of N per problem; 8 of 12 problems solved
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+HISTORIES = FIX / "log_histories"
+
+
+def cfg_for(tmp_path, toyworld, tasks=None, **over):
+    data = {"name": "r", "base_model": str(toyworld / "base"), "teacher_model": str(toyworld / "teacher"),
+            "tasks": tasks or [{"name": "toy_arith", "test_size": 12, "levels": [1, 2]}],
+            "eval": {"n": N, "ks": [1, 2, 5, 10], "bootstrap": 1000},
+            "rl": {"num_generations": 2, "per_device_train_batch_size": 2}}
+    data.update(over)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return load_config(p)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    from tasks import get_task
+
+    return get_task("toy_arith").problems("test", 12, levels=[1, 2])
+
+
+@pytest.fixture(scope="module")
+def evals(tmp_path_factory, problems):
+    root = tmp_path_factory.mktemp("evals")
+    return {
+        "base": write_eval(root / "base", "base", problems, counted_texts(problems, BASE)),
+        "rl": write_eval(root / "rl", "rl", problems, counted_texts(problems, [10] * 12)),  # RL solves all, always
+        "sft": write_eval(root / "sft", "sft", problems, counted_texts(problems, BASE)),  # SFT = base exactly
+    }
+
+
+def report(tmp_path, cfg, evals, logs=None):
+    out = tmp_path / "report"
+    out.mkdir()
+    return out, write_report(cfg, evals, out, None, logs)
+
+
+def test_verdict_signs_and_words_on_known_counts(tmp_path, toyworld, evals):
+    out, res = report(tmp_path, cfg_for(tmp_path, toyworld), evals)
+    v = {x["name"]: x for x in res["verdicts"]}
+    base_p1 = sum(c / N for c in BASE) / 12
+    assert v["rl_vs_base_pass1"]["diff"] == pytest.approx(1.0 - base_p1)
+    assert v["rl_vs_base_pass1"]["ci_low"] > 0 and v["rl_vs_base_pass1"]["verdict"] == "rl higher than base"
+    base_k10 = sum(c > 0 for c in BASE) / 12  # 8 of 12 problems
+    assert v["base_vs_rl_kmax"]["diff"] == pytest.approx(base_k10 - 1.0)
+    assert v["base_vs_rl_kmax"]["ci_high"] < 0 and v["base_vs_rl_kmax"]["verdict"] == "base lower than rl"
+    assert v["sft_vs_base_kmax"]["diff"] == 0 and "not distinguishable" in v["sft_vs_base_kmax"]["verdict"]
+    md = (out / "report.md").read_text()
+    assert f"**rl pass@1 − base pass@1** = {1.0 - base_p1:+.3f}" in md and "rl higher than base" in md
+
+
+def test_no_resamples_means_no_ci_and_no_verdict(tmp_path, toyworld, evals):
+    cfg = cfg_for(tmp_path, toyworld, eval={"n": N, "bootstrap": 0})
+    out, res = report(tmp_path, cfg, evals)
+    assert all(v["verdict"].startswith("no verdict: eval.bootstrap is 0") for v in res["verdicts"])
+    assert not any(v["conclusive"] for v in res["verdicts"])
+    assert pd.read_csv(out / "passk.csv")["ci_low"].isna().all()
+    md = (out / "report.md").read_text()
+    assert "no confidence intervals and no verdicts" in md
+    table = md.split("| k |")[1].split("\n\n")[0]
+    assert "[" not in table and "0.000, 0.000" not in md  # no zero-width "CI"
+
+
+@pytest.mark.parametrize("bad", [1, 50, 99])
+def test_too_few_resamples_is_a_config_error(tmp_path, toyworld, bad):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"eval.bootstrap: {bad} resamples are too few for a 95% CI"):
+        cfg_for(tmp_path, toyworld, eval={"n": N, "bootstrap": bad})
+
+
+def test_an_arm_that_did_not_learn_makes_its_verdicts_inconclusive(tmp_path, toyworld, evals):
+    logs = {"rl": HISTORIES / "rl_not_learning.json", "sft": HISTORIES / "sft_learning.json"}
+    out, res = report(tmp_path, cfg_for(tmp_path, toyworld), evals, logs)
+    assert res["health"]["rl"]["learned"] is False and res["health"]["sft"]["learned"] is True
+    v = {x["name"]: x for x in res["verdicts"]}
+    for name in ("rl_vs_base_pass1", "base_vs_rl_kmax"):
+        assert v[name]["verdict"].startswith("inconclusive: the rl run did not learn (training accuracy ")
+        assert not v[name]["conclusive"]
+    assert v["sft_vs_base_kmax"]["conclusive"]
+    md = (out / "report.md").read_text()
+    assert "**Warning: the rl run did not learn**" in md and "## Training health" in md
+    assert (out / "training_rl.png").stat().st_size > 5000 and (out / "training_sft.png").is_file()
+    assert json.loads((out / "health.json").read_text())["rl"]["learned"] is False
+
+
+def test_analysis_json_names_final_files_not_temporary_ones(tmp_path, toyworld, evals):
+    out, _ = report(tmp_path, cfg_for(tmp_path, toyworld), evals)
+    files = json.loads((out / "analysis.json").read_text())["files"]
+    assert files and all("/" not in f and (out / f).is_file() for f in files.values())
+
+
+# ---- three benchmarks of one family ------------------------------------------------------------
+def test_three_math_benchmarks_are_reported_apart(tmp_path, toyworld):
+    files = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
+    specs = [{"name": "math", "label": k, "test_size": 3, "train_size": 1,
+              "options": {"test_file": str(FIX / f), "train_file": str(FIX / "gsm8k_train.jsonl")}} for k, f in files.items()]
+    cfg = cfg_for(tmp_path, toyworld, tasks=specs, eval={"n": 4, "bootstrap": 200})
+    probs = problems_for(cfg.tasks, "test")
+    tasks = build_tasks(cfg.tasks)
+    counts = {"gsm8k": [4, 4, 0], "math500": [2, 0, 0], "aime24": [0, 0, 1]}
+    evals = {}
+    for m in ("base", "rl"):
+        d = tmp_path / m
+        d.mkdir()
+        records, i = [], {k: 0 for k in counts}
+        for p in probs:
+            c = counts[p.task][i[p.task]] if m == "base" else 4
+            i[p.task] += 1
+            for j in range(4):
+                text = f"<answer>{p.answer}</answer>" if j < c else "The answer is 12345."
+                records.append(dict(model=m, problem_id=p.id, task=p.task, difficulty=p.difficulty, sample_index=j,
+                                    completion=text, extracted=None, correct=tasks[p.task].verify(p, text)))
+        write_jsonl(d / "samples.jsonl", records)
+        write_jsonl(d / "problems.jsonl", (p.to_dict() for p in probs))
+        pp = pd.DataFrame(records).groupby("problem_id", sort=False)["correct"].agg(n="size", correct="sum")
+        pp = pp.reset_index().assign(model=m)[PER_PROBLEM_COLUMNS]
+        pp.to_csv(d / "per_problem.csv", index=False)
+        passk_table(pp, [1, 2, 4], n_boot=200).to_csv(d / "passk.csv", index=False)
+        evals[m] = d
+    out, _ = report(tmp_path, cfg, evals)
+    tab = pd.read_csv(out / "passk_by_task.csv")
+    got = {(r.task, r.model, r.k): r.pass_at_k for r in tab.itertuples()}
+    for task, cs in counts.items():
+        assert got[(task, "base", 1)] == pytest.approx(sum(cs) / 12)
+        assert got[(task, "base", 4)] == pytest.approx(sum(c > 0 for c in cs) / 3)
+        assert got[(task, "rl", 4)] == 1.0
+    md = (out / "report.md").read_text()
+    assert "## pass@k by benchmark" in md and "| aime24 | 3 |" in md and "| gsm8k | 3 |" in md
