@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from pipeline.config import ConfigError, _format_error
 from pipeline.identity import code_fingerprint
 from tasks.base import Problem
-from tasks.toy_arith import ToyArith, apply, completion_text, expr, parse_chain, trace_lines
+from tasks.toy_arith import ToyArith, apply, completion_text, expr, binop_lines, parse_chain, trace_lines
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,7 +135,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-STYLES = ("direct", "flawed", "plain", "column")
+STYLES = ("direct", "flawed", "plain", "column", "binop")
 
 
 class ModelSpec(Strict):
@@ -194,6 +194,10 @@ class EvalSpec(Strict):
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = Field(256, ge=1)
+    # the base's accuracy on the RL training split, sampled as GRPO samples its rollouts
+    train_size: int = Field(200, ge=1)
+    train_n: int = Field(8, ge=1)
+    rollout_temperature: float = Field(1.0, gt=0)
 
 
 class BootstrapConfig(Strict):
@@ -202,13 +206,21 @@ class BootstrapConfig(Strict):
     # sums, hence the weights, depend on it; 1 is also the fastest when others share the 2 cores.
     threads: int = Field(1, ge=1)
     max_value: int = Field(30, ge=2)  # largest term of toy_arith problems (the task's default)
+    # Both models: 1.1M parameters (hidden 128, 4 layers), 1,000 steps. The 0.46M/800-step models of the
+    # first world could not sample a worked chain reliably at temperature 1.0 (docs/toyworld.md).
     base: Recipe = Recipe(
+        model=ModelSpec(hidden=128, layers=4),
         corpus=CorpusSpec(
             levels=[1, 2, 3, 4], level_weights=[0.35, 0.3, 0.2, 0.15],
-            styles={"direct": 0.35, "flawed": 0.3, "plain": 0.32, "column": 0.03},
-        )
+            # real pretraining: mostly bare answers; careful schoolbook working (one operation at a time,
+            # digit columns) in a large minority; the teacher's rewrite pattern almost never
+            styles={"direct": 0.6, "binop": 0.38, "column": 0.02},
+        ),
+        train=TrainSpec(max_steps=1000),
     )
-    teacher: Recipe = Recipe(corpus=CorpusSpec(levels=[1, 2, 3, 4, 5, 6], styles={"column": 1.0}))
+    teacher: Recipe = Recipe(model=ModelSpec(hidden=128, layers=4),
+                             corpus=CorpusSpec(levels=[1, 2, 3, 4, 5, 6], styles={"column": 1.0}),
+                             train=TrainSpec(max_steps=1000))
     eval: EvalSpec = EvalSpec()
 
 
@@ -263,6 +275,8 @@ def completion_for(problem: Problem, style: str, rng: random.Random, step_error:
         return completion_text([], problem.answer)
     if style in ("plain", "column"):
         return completion_text(trace_lines(terms, ops, columns=style == "column"), problem.answer)
+    if style == "binop":
+        return completion_text(binop_lines(terms, ops, columns=True), problem.answer)
     if style == "flawed":
         lines = [expr(terms, ops)]
         while ops:
@@ -382,6 +396,78 @@ def _reasoning_share(samples_path: Path, problems: list[Problem], task: ToyArith
     return round(sum(task.check_reasoning(by_id[r["problem_id"]], r["completion"]) for r in correct) / len(correct), 4)
 
 
+# ---- the properties a world must have (issue 8) ------------------------------------------------------
+TARGETS = {
+    "base_train_accuracy": "between 0.15 and 0.5 (RL training split, at the rollout temperature)",
+    "base_reasoning_share": "at least 0.7 of the base's correct answers pass check_reasoning",
+    "base_coverage": "test pass@k_max at least 0.8 and at least 3x pass@1",
+    "teacher_pattern": "the teacher's pattern is (nearly) absent from the base's corpus and samples, "
+                       "and the teacher solves levels the base rarely solves",
+}
+
+
+def pattern_of(completion: str, question: str) -> str:
+    """Which reasoning pattern a toy_arith completion uses: `direct` (no working), `binop` (one
+    operation at a time, the base corpus's careful working), `rewrite` (the chain rewritten line by
+    line), `rewrite+columns` (the teacher's pattern), `one-step` (a chain of one operation, where the
+    working patterns coincide), or `other`."""
+    m = re.search(r"<think>(.*?)</think>", completion, re.DOTALL)
+    lines = [ln.strip() for ln in (m.group(1) if m else "").splitlines() if ln.strip()]
+    if not lines:
+        return "direct"
+    if len(parse_chain(question)[1]) == 1:
+        return "one-step"
+    if any(re.fullmatch(r"\d+[+-]\d+", ln) for ln in lines[1:]):
+        return "binop"
+    if any(ln.startswith("=") for ln in lines):
+        return "rewrite+columns" if any(" " in ln for ln in lines) else "rewrite"
+    return "other"
+
+
+def world_properties(models: dict[str, dict[str, Any]], cfg: BootstrapConfig, model_dirs: dict[str, Path],
+                     eval_dir: Path) -> dict[str, Any]:
+    """Measure the world's properties against TARGETS: the base's training accuracy at the rollout
+    temperature (a fresh evaluation on the train split), the share of its correct answers with
+    correct reasoning, its coverage, and where each reasoning pattern occurs."""
+    from pipeline.config import GenerationConfig
+    from pipeline.evaluate import evaluate
+    from pipeline.io import read_jsonl
+
+    e = cfg.eval
+    task = ToyArith(max_value=cfg.max_value)
+    train = task.problems("train", e.train_size, seed=cfg.seed, levels=e.levels)
+    gen = GenerationConfig(temperature=e.rollout_temperature, top_p=1.0, max_tokens=e.max_tokens, n=e.train_n)
+    evaluate(str(model_dirs["base"]), train, {task.name: task}, gen, [1], eval_dir / "base-train", "base", cfg.seed, 0)
+    train_rows = read_jsonl(eval_dir / "base-train" / "samples.jsonl")
+    train_acc = sum(r["correct"] for r in train_rows) / len(train_rows)
+    patterns = {}
+    questions = {p.id: p.question for p in eval_problems(cfg)}
+    for name in ("base", "teacher"):
+        rows = read_jsonl(eval_dir / name / "samples.jsonl")
+        counts = pd.Series([pattern_of(r["completion"], questions[r["problem_id"]]) for r in rows]).value_counts()
+        patterns[name] = {k: round(float(v) / len(rows), 4) for k, v in counts.items()}
+    base, teacher = models["base"]["eval"], models["teacher"]["eval"]
+    k_max = f"pass@{max(e.ks)}"
+    corpus_share = cfg.base.corpus.styles.get("column", 0) / sum(cfg.base.corpus.styles.values())
+    rare = [lv for lv, v in base["by_level"].items()
+            if v["pass@1"] < 0.1 and teacher["by_level"][lv]["pass@1"] > 0.5]
+    checks = {
+        "base_train_accuracy": 0.15 <= train_acc <= 0.5,
+        "base_reasoning_share": (base["correct_with_correct_reasoning"] or 0) >= 0.7,
+        "base_coverage": base["overall"][k_max] >= 0.8 and base["overall"][k_max] >= 3 * base["overall"]["pass@1"],
+        "teacher_pattern": corpus_share <= 0.05 and patterns["base"].get("rewrite+columns", 0) <= 0.05
+                           and patterns["teacher"].get("rewrite+columns", 0) >= 0.5 and bool(rare),
+    }
+    return dict(
+        base_train_accuracy=round(train_acc, 4), base_train_problems=len(train), base_train_samples=e.train_n,
+        rollout_temperature=e.rollout_temperature,
+        base_reasoning_share=base["correct_with_correct_reasoning"],
+        base_pass_at_1=base["overall"]["pass@1"], base_pass_at_kmax=base["overall"][k_max],
+        teacher_pattern_in_base_corpus=round(corpus_share, 4), patterns=patterns,
+        levels_base_rarely_solves_teacher_solves=rare, targets=TARGETS, checks=checks,
+    )
+
+
 # ---- the bootstrap stage --------------------------------------------------------------------------
 def bootstrap(out: str | os.PathLike = "toyworld", cfg: BootstrapConfig | None = None,
               eval_dir: str | os.PathLike | None = None, measure_models: bool = True) -> dict[str, Any]:
@@ -413,6 +499,8 @@ def bootstrap(out: str | os.PathLike = "toyworld", cfg: BootstrapConfig | None =
             t1 = time.time()
             for name in ("base", "teacher"):
                 manifest["models"][name]["eval"] = measure(tmp / name, name, cfg, eval_dir / name)
+            manifest["properties"] = world_properties(manifest["models"], cfg, {n: tmp / n for n in ("base", "teacher")},
+                                                      eval_dir)
             manifest["eval_wall_seconds"] = round(time.time() - t1, 1)
             manifest["machine"]["load_avg_after_eval"] = [round(x, 2) for x in os.getloadavg()]
         manifest["total_wall_seconds"] = round(time.time() - t0, 1)

@@ -108,6 +108,20 @@ def plain_step(a: int, op: str, b: int, result: int | None = None) -> str:
     return f"{a}{op}{b}={apply(a, op, b) if result is None else result}"
 
 
+def binop_lines(terms: list[int], ops: list[str], columns: bool = True) -> list[str]:
+    """The schoolbook trace, one operation at a time: the operation `a op b` (`a` the running total,
+    `b` the next term, looked up in the question), its column line when `columns`, then `=r`. Unlike
+    the rewrite pattern it does not carry the rest of the chain along, so every step has to find its
+    next term in the question again."""
+    lines = []
+    for a, op, b, r in chain_steps(terms, ops):
+        lines.append(f"{a}{op}{b}")
+        if columns:
+            lines.append(column_work(a, op, b))
+        lines.append(f"={r}")
+    return lines
+
+
 def completion_text(lines: list[str], answer: str) -> str:
     """The completion format every corpus and every model uses."""
     think = "".join(f"{ln}\n" for ln in lines)
@@ -166,9 +180,18 @@ class ToyArith(Task):
             return False
         terms, ops = parse_chain(problem.question)
         lines = [ln.strip() for ln in m.group(1).strip().splitlines() if ln.strip()]
-        if lines and lines[0] != expr(terms, ops):  # the step notation: `a op b=r` per line
+        if lines and lines[0] != expr(terms, ops):  # one operation at a time (`binop_lines`, or `a op b=r` lines)
             steps = chain_steps(terms, ops)
-            return lines == [plain_step(a, op, b) for a, op, b, _ in steps] and str(steps[-1][3]) == pred
+            i = 0
+            for a, op, b, r in steps:
+                col = column_work(a, op, b)
+                for form in ([f"{a}{op}{b}", col, f"={r}"], [f"{a}{op}{b}", f"={r}"], [plain_step(a, op, b)]):
+                    if lines[i:i + len(form)] == form:
+                        i += len(form)
+                        break
+                else:
+                    return False
+            return i == len(lines) and str(steps[-1][3]) == pred
         if not lines:
             return False
         i = 1

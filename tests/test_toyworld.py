@@ -16,7 +16,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.toyworld import (
     MARKERS, BootstrapConfig, CorpusSpec, Recipe, TrainSpec, ModelSpec, bootstrap, bootstrap_hash, build_tokenizer,
-    completion_for, corpora, eval_problems, load_bootstrap_config, read_manifest,
+    TARGETS, completion_for, corpora, eval_problems, load_bootstrap_config, pattern_of, read_manifest,
 )
 from tasks.base import split_of
 from tasks.toy_arith import ToyArith, chain_steps, column_work, completion_text, plain_step, trace_lines
@@ -167,6 +167,18 @@ def test_manifest_hash_matches_current_code_and_config(toyworld):
     assert m["pretrain_wall_seconds"] > 0
 
 
+def test_manifest_records_the_worlds_properties_and_meets_them(toyworld):
+    """The properties of a real pretrained base that the world is built to have (issue 8), as
+    measured when it was built: every target met."""
+    props = read_manifest(toyworld)["properties"]
+    assert set(props["checks"]) == set(TARGETS)
+    assert 0.15 <= props["base_train_accuracy"] <= 0.5
+    assert props["base_reasoning_share"] >= 0.7
+    assert props["base_pass_at_kmax"] >= max(0.8, 3 * props["base_pass_at_1"])
+    assert props["teacher_pattern_in_base_corpus"] <= 0.05 and props["levels_base_rarely_solves_teacher_solves"]
+    assert all(props["checks"].values()), props["checks"]
+
+
 def test_hash_ignores_comments_but_not_code_or_config(tmp_path, monkeypatch):
     import pipeline.toyworld as tw
 
@@ -200,13 +212,16 @@ def test_evaluation_problems_never_in_pretraining_corpora():
         assert not prompts & test_prompts, name
         questions = {pr.removeprefix("<|user|>Compute ").split(". Steps")[0] for pr in prompts}
         assert all(split_of(q) == "train" for q in questions), name
-    # the base corpus rarely shows the teacher's carry pattern; the teacher's shows it always
-    def has_columns(doc: str) -> bool:  # a column line: digit arithmetic that is not a rewrite line
-        think = doc.split("<think>")[-1].split("</think>")[0].splitlines()
-        return any("=" in ln and not ln.startswith("=") for ln in think)
+    # the base corpus rarely shows the teacher's pattern (rewrite + columns); the teacher's always does
+    def pattern(doc: str) -> str:
+        question = doc.split("<|user|>Compute ")[1].split(". Steps")[0]
+        return pattern_of(doc.split("<|assistant|>")[1], question)
 
-    assert 0 < sum(map(has_columns, docs["base"])) / len(docs["base"]) < 0.06
-    assert all(map(has_columns, docs["teacher"]))
+    base, teacher = ([pattern(d) for d in docs[n]] for n in ("base", "teacher"))
+    multi = [p for p in base if p != "one-step"]
+    assert 0 < multi.count("rewrite+columns") / len(multi) < 0.05
+    assert multi.count("binop") / len(multi) > 0.3 and base.count("direct") / len(base) > 0.5
+    assert {p for p in teacher if p != "one-step"} == {"rewrite+columns"}
     assert max(cfg.teacher.corpus.levels) > max(cfg.base.corpus.levels)
 
 
