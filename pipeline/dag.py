@@ -150,6 +150,9 @@ class GenerateTeacherTraces(Stage):
         self.subprocess("pipeline.traces", ["generate", "--config", str(tmp / "config.yaml"), "--problems",
                         str(self.input()["problems"].path + "/train.jsonl"), "--out", str(work)], run_id)
         shards = sorted(work.glob("shard-*.jsonl"))
+        if len(shards) != self.cfg.traces.shards:
+            raise RuntimeError(f"{self.stage}: the generation process left {len(shards)} of {self.cfg.traces.shards} "
+                               f"shards in {work}; log: {self.cfg.run_dir / 'logs'}")
         raw = load_raw(shards)
         tracking.log_dataset(self.cfg, run_id, raw[["problem_id", "sample_index", "completion"]], "teacher-traces",
                              str(self.out_dir), "training")

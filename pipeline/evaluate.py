@@ -38,6 +38,10 @@ def evaluate(
 ) -> pd.DataFrame:
     """Sample gen.n completions per problem from `model`, verify, and write the evaluation to out_dir."""
     name = name or Path(model).name
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):  # grouping by id would merge two problems into one with n doubled
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"problems: id {dup!r} appears more than once (expected unique ids; give task specs distinct labels)")
     if max(ks) > gen.n:
         raise ValueError(f"eval.ks: k={max(ks)} exceeds n={gen.n} samples per problem")
     tok = load_tokenizer(model)

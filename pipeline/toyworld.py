@@ -410,7 +410,8 @@ def pattern_of(completion: str, question: str) -> str:
     """Which reasoning pattern a toy_arith completion uses: `direct` (no working), `binop` (one
     operation at a time, the base corpus's careful working), `rewrite` (the chain rewritten line by
     line), `rewrite+columns` (the teacher's pattern), `one-step` (a chain of one operation, where the
-    working patterns coincide), or `other`."""
+    working patterns coincide), or `other`. Columns are recognised by a line holding two digit
+    columns, so a rewrite chain whose every step is one-digit arithmetic reads as `rewrite`."""
     m = re.search(r"<think>(.*?)</think>", completion, re.DOTALL)
     lines = [ln.strip() for ln in (m.group(1) if m else "").splitlines() if ln.strip()]
     if not lines:

@@ -125,3 +125,7 @@ def main(argv=None) -> None:
     write_jsonl(out / "filtered.jsonl", kept.to_dict("records"))
     yld.to_csv(out / "yield.csv", index=False)
     print(f"[filter] kept {len(kept)} traces; yield per difficulty:\n{yld.to_string(index=False)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -155,3 +155,15 @@ def test_no_teacher_means_no_sft_arm(tmp_path, world_copy):
 def test_rl_algorithm_is_not_a_silent_field(tmp_path, world_copy):
     with pytest.raises(ConfigError, match=r"rl.algorithm: unknown key"):
         load_config(study(tmp_path, world_copy, rl={"algorithm": "ppo"}))
+
+
+def test_the_evaluator_refuses_duplicate_problem_ids(tmp_path, world_copy):
+    from pipeline.config import GenerationConfig
+    from pipeline.evaluate import evaluate
+    from tasks import get_task
+
+    task = get_task("toy_arith")
+    p = task.problems("test", 1, levels=[1])[0]
+    with pytest.raises(ValueError, match=r"problems: id '.*' appears more than once"):
+        evaluate(str(world_copy / "base"), [p, p], {"toy_arith": task}, GenerationConfig(n=2), [1], tmp_path / "e")
+    assert not (tmp_path / "e").exists()
