@@ -337,6 +337,12 @@ def test_perplexity_stage_end_to_end(toy_model, toy_samples, problems, tmp_path)
     assert saved["ppl_of_base_samples"]["rl"]["median"] == pytest.approx(saved["ppl_of_base_samples"]["base"]["median"])
     assert saved["entropy"]["rl"]["mean"] > 0 and saved["entropy"]["base"]["mean"] > 0
     assert "own sampled completions" in saved["entropy_method"]
+    # PPL_m(Y_m): each model's perplexity of its own samples; the "rl" model (the base checkpoint)
+    # scores its shuffled samples exactly as the base does
+    own = saved["ppl_own_samples"]
+    assert own["base"] == saved["ppl_under_base"]["base"]
+    assert own["rl"]["median"] == pytest.approx(saved["ppl_under_base"]["rl"]["median"])
+    assert "ppl_own/rl/median" in res["metrics"]
     rows = [json.loads(x) for x in (out / "perplexity_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 8 * 2 + 8 * 2  # base scores base+rl samples, rl scores base+rl samples
     assert {(r["scorer"], r["source"]) for r in rows} == {("base", "base"), ("base", "rl"), ("rl", "base"), ("rl", "rl")}

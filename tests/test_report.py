@@ -133,14 +133,19 @@ def test_three_math_benchmarks_are_reported_apart(tmp_path, toyworld):
             c = counts[p.task][i[p.task]] if m == "base" else 4
             i[p.task] += 1
             for j in range(4):
-                text = f"<answer>{p.answer}</answer>" if j < c else "The answer is 12345."
+                # the last sample of each base problem states the answer in prose: only the lenient grader counts it
+                text = (f"<answer>{p.answer}</answer>" if j < c else f"So it is {p.answer}." if m == "base" and j == 3
+                        else "The answer is 12345.")
                 records.append(dict(model=m, problem_id=p.id, task=p.task, difficulty=p.difficulty, sample_index=j,
-                                    completion=text, extracted=None, correct=tasks[p.task].verify(p, text)))
+                                    completion=text, extracted=None, correct=tasks[p.task].verify(p, text),
+                                    correct_lenient=tasks[p.task].verify_lenient(p, text)))
         write_jsonl(d / "samples.jsonl", records)
         write_jsonl(d / "problems.jsonl", (p.to_dict() for p in probs))
         pp = pd.DataFrame(records).groupby("problem_id", sort=False)["correct"].agg(n="size", correct="sum")
         pp = pp.reset_index().assign(model=m)[PER_PROBLEM_COLUMNS]
         pp.to_csv(d / "per_problem.csv", index=False)
+        lp = pd.DataFrame(records).groupby("problem_id", sort=False)["correct_lenient"].agg(n="size", correct="sum")
+        lp.reset_index().assign(model=m)[PER_PROBLEM_COLUMNS].to_csv(d / "per_problem_lenient.csv", index=False)
         passk_table(pp, [1, 2, 4], n_boot=200).to_csv(d / "passk.csv", index=False)
         evals[m] = d
     out, _ = report(tmp_path, cfg, evals)
@@ -152,3 +157,10 @@ def test_three_math_benchmarks_are_reported_apart(tmp_path, toyworld):
         assert got[(task, "rl", 4)] == 1.0
     md = (out / "report.md").read_text()
     assert "## pass@k by benchmark" in md and "| aime24 | 3 |" in md and "| gsm8k | 3 |" in md
+    # the grader section: base's prose answers count only under the lenient grader (where a last number is the answer)
+    grader = md.split("## Grader")[1].split("##")[0]
+    row = next(ln for ln in grader.splitlines() if ln.startswith("| base |"))
+    strict1, strict4, lenient1, lenient4 = (float(x) for x in row.strip("| ").split(" | ")[1:])
+    assert (strict1, strict4) == (round(11 / 36, 3), round(4 / 9, 3))
+    assert lenient1 > strict1 and lenient4 > strict4
+    assert "| rl | 1.000 | 1.000 | 1.000 | 1.000 |" in grader
