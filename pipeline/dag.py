@@ -219,7 +219,7 @@ class FilterRLProblems(Stage):
 
     priority = 10
     stage, sections = "rlprompts", ("base_model", "rl.filter_samples", "rl.temperature", "rl.top_p",
-                                    "rl.max_completion_length", "eval.backend", "eval.batch_size", "seed")
+                                    "rl.max_completion_length", "eval.backend", "eval.batch_size", "eval.dtype", "seed")
     resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
