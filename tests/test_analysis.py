@@ -76,19 +76,24 @@ def counted_texts(problems, counts, lucky_counts=None):
     return out
 
 
+def make_problems():
+    """The 12 toy_arith test problems every hand-built evaluation uses (6 at level 1, 6 at level 2)."""
+    return get_task("toy_arith").problems("test", 12, levels=[1, 2])
+
+
+def write_evals(root, problems, counts: dict[str, list[int]], lucky: dict[str, dict[int, int]] | None = None):
+    """One evaluation directory per model, each from its correct-sample counts per problem."""
+    return {m: write_eval(root / m, m, problems, counted_texts(problems, c, (lucky or {}).get(m))) for m, c in counts.items()}
+
+
 @pytest.fixture(scope="module")
 def problems():
-    return get_task("toy_arith").problems("test", 12, levels=[1, 2])
+    return make_problems()
 
 
 @pytest.fixture(scope="module")
 def evals(tmp_path_factory, problems):
-    root = tmp_path_factory.mktemp("evals")
-    return {
-        "base": write_eval(root / "base", "base", problems, counted_texts(problems, BASE)),
-        "rl": write_eval(root / "rl", "rl", problems, counted_texts(problems, RL, RL_LUCKY)),
-        "sft": write_eval(root / "sft", "sft", problems, counted_texts(problems, SFT)),
-    }
+    return write_evals(tmp_path_factory.mktemp("evals"), problems, {"base": BASE, "rl": RL, "sft": SFT}, {"rl": RL_LUCKY})
 
 
 @pytest.fixture(scope="module")

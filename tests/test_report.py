@@ -17,7 +17,7 @@ from pipeline.io import write_jsonl
 from pipeline.passk import PER_PROBLEM_COLUMNS, pass_at_k, passk_table
 from pipeline.report import write_report
 from tasks import build_tasks, problems_for
-from test_analysis import N, counted_texts, write_eval
+from test_analysis import N, make_problems, write_evals
 
 BASE = [0, 1, 10, 5, 0, 3, 9, 10, 0, 2, 1, 0]  # correct of N per problem; 8 of 12 problems solved
 
@@ -39,19 +39,13 @@ def cfg_for(tmp_path, toyworld, tasks=None, **over):
 
 @pytest.fixture(scope="module")
 def problems():
-    from tasks import get_task
-
-    return get_task("toy_arith").problems("test", 12, levels=[1, 2])
+    return make_problems()
 
 
 @pytest.fixture(scope="module")
 def evals(tmp_path_factory, problems):
-    root = tmp_path_factory.mktemp("evals")
-    return {
-        "base": write_eval(root / "base", "base", problems, counted_texts(problems, BASE)),
-        "rl": write_eval(root / "rl", "rl", problems, counted_texts(problems, [10] * 12)),  # RL solves all, always
-        "sft": write_eval(root / "sft", "sft", problems, counted_texts(problems, BASE)),  # SFT = base exactly
-    }
+    # RL solves every problem every time; SFT equals the base exactly
+    return write_evals(tmp_path_factory.mktemp("evals"), problems, {"base": BASE, "rl": [10] * 12, "sft": BASE})
 
 
 def report(tmp_path, cfg, evals, logs=None):
