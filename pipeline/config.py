@@ -208,6 +208,11 @@ class ComputeConfig(Strict):
     rl_devices: str | None = None  # ... for TrainRL, e.g. "1", so both train at once
     eval_devices: str | None = None
     threads: int | None = Field(None, ge=1)  # OMP/torch threads per stage process (CPU runs)
+    # Trainer checkpoints every this many optimizer steps (0 = none): a killed training stage resumes
+    # from the newest, so a kill costs at most this many steps. Resuming gives the same model.
+    checkpoint_steps: int = Field(25, ge=0)
+    # problems per evaluation shard: finished shards survive a kill, so it costs at most one shard
+    eval_shard_problems: int = Field(64, ge=1)
 
 
 class ExperimentConfig(Strict):

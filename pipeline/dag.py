@@ -13,6 +13,7 @@ imports CUDA or vLLM.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from functools import cached_property
 from pathlib import Path
@@ -23,12 +24,13 @@ import yaml
 
 from pipeline import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
-from pipeline.io import atomic_dir, is_complete, read_jsonl, write_jsonl
+from pipeline.io import Terminated, atomic_dir, is_complete, read_jsonl, sigterm_raises, stage_lock, write_jsonl
 from pipeline.procs import run_stage_process
 from pipeline.train_common import LOG_HISTORY_FILE
 from tasks import Problem, problems_for
 
 MODELS = ("base", "teacher", "sft", "rl")
+WORK_SUFFIXES = (".shards", ".ckpt")  # Stage.work_dir: resume points, removed once the stage completes
 TRAINED = ("sft", "rl")
 # the eval fields that decide the samples and the pass@k table; the rest (perplexity_subset,
 # entropy_temperature, include_teacher, gpu_memory_utilization) are read by other stages or change nothing
@@ -79,9 +81,19 @@ class Stage(luigi.Task):
         return {f"{k}_run_id": stage_info(t.out_dir).get("run_id") for k, t in self.upstream().items()}
 
     def run(self):
+        # One writer per stage directory, across processes and concurrent invocations: a second one
+        # waits here, then finds the stage complete and returns.
+        with stage_lock(self.cfg.run_dir, f"{self.stage}-{self.key}"):
+            if self.complete():
+                return
+            with sigterm_raises():
+                self._run_once()
+
+    def _run_once(self):
         self.progress(f"{self.stage}: starting", 0)
         run_id = tracking.start_stage(self.cfg, self.stage, self.key, self.lineage(), self.run_name)
         t0 = time.time()
+        self.error_file.unlink(missing_ok=True)
         try:
             with atomic_dir(self.out_dir) as tmp:
                 (tmp / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
@@ -90,13 +102,39 @@ class Stage(luigi.Task):
                 (tmp / "stage.json").write_text(json.dumps(info, indent=2, default=str))
             tracking.log(self.cfg, run_id, metrics=[("stage_seconds", info["seconds"], 0)])
             tracking.end_stage(self.cfg, run_id)
-        except BaseException:
-            tracking.end_stage(self.cfg, run_id, "FAILED")
+            for work in WORK_SUFFIXES:  # the stage is complete: its resume points are no longer needed
+                shutil.rmtree(self.work_dir(work), ignore_errors=True)
+        except BaseException as e:
+            killed = isinstance(e, (Terminated, KeyboardInterrupt))
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:1000]}; log: {self.log_path}"
+            try:  # record the reason where the summary and the MLflow UI find it; never mask the error
+                self.error_file.parent.mkdir(parents=True, exist_ok=True)
+                self.error_file.write_text(reason + "\n")
+                tracking.end_stage(self.cfg, run_id, "KILLED" if killed else "FAILED", reason)
+            except Exception as inner:  # noqa: BLE001 - e.g. the disk is full: the original error matters
+                print(f"[{self.stage}] could not record the failure ({inner})", flush=True)
             raise
         self.progress(f"{self.stage}: done in {info['seconds']} s", 100)
 
+    @property
+    def log_path(self) -> Path:
+        return self.cfg.run_dir / "logs" / f"{self.run_name}-{self.key}.log"
+
+    @property
+    def error_file(self) -> Path:
+        """One line: why the stage's last attempt failed, and its log (read by pipeline.run's summary)."""
+        return self.cfg.run_dir / "logs" / f"{self.run_name}-{self.key}.error"
+
     def execute(self, tmp: Path, run_id: str) -> dict | None:
         raise NotImplementedError
+
+    def work_dir(self, suffix: str) -> Path:
+        """Where the stage keeps what survives a kill (finished shards, Trainer checkpoints) until it
+        completes: next to its output, named by the same hash, so only the same stage resumes from it."""
+        return self.out_dir.with_name(self.out_dir.name + suffix)
+
+    def eval_args(self) -> list[str]:
+        return ["--work", str(self.work_dir(".shards")), "--shard-problems", str(self.cfg.compute.eval_shard_problems)]
 
     def progress(self, message: str, percent: int | None = None) -> None:
         if self.set_status_message:
@@ -105,8 +143,8 @@ class Stage(luigi.Task):
             self.set_progress_percentage(percent)
 
     def subprocess(self, module: str, args: list[str], run_id: str, devices: str | None = None, train=False):
-        log = self.cfg.run_dir / "logs" / f"{self.run_name}-{self.key}.log"
-        run_stage_process(self.cfg, module, args, run_id, log, devices=devices, train=train, progress=self.progress)
+        run_stage_process(self.cfg, module, args, run_id, self.log_path, devices=devices, train=train,
+                          progress=self.progress)
 
 
 def stage_info(out_dir: Path) -> dict:
@@ -146,7 +184,7 @@ class GenerateTeacherTraces(Stage):
     def execute(self, tmp, run_id):
         from pipeline.traces import load_raw
 
-        work = self.out_dir.with_name(self.out_dir.name + ".shards")  # finished shards survive a crash
+        work = self.work_dir(".shards")  # finished shards survive a crash
         self.subprocess("pipeline.traces", ["generate", "--config", str(tmp / "config.yaml"), "--problems",
                         str(self.input()["problems"].path + "/train.jsonl"), "--out", str(work)], run_id)
         shards = sorted(work.glob("shard-*.jsonl"))
@@ -193,7 +231,8 @@ class TrainStage(Stage):
 
     def execute(self, tmp, run_id):
         self.subprocess(self.module, ["--config", str(tmp / "config.yaml"), self.input_flag,
-                        f"{self.input()[self.input_key].path}/{self.input_file}", "--out", str(tmp / "model")],
+                        f"{self.input()[self.input_key].path}/{self.input_file}", "--out", str(tmp / "model"),
+                        "--checkpoints", str(self.work_dir(".ckpt"))],
                         run_id, devices=getattr(self.cfg.compute, f"{self.stage}_devices"), train=True)
         log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
         return {"model": str(self.out_dir / "model")}
@@ -231,7 +270,8 @@ class FilterRLProblems(Stage):
             "--config", str(tmp / "config.yaml"), "--model", self.cfg.base_model, "--name", "base",
             "--problems", str(src), "--n", str(rl.filter_samples), "--ks", "1", "--temperature", str(rl.temperature),
             "--top-p", str(rl.top_p), "--max-tokens", str(rl.max_completion_length), "--bootstrap", "0",
-            "--seed", str(self.cfg.seed), "--out", str(tmp / "base-train")], run_id, devices=self.cfg.compute.eval_devices)
+            "--seed", str(self.cfg.seed), "--out", str(tmp / "base-train"), *self.eval_args()], run_id,
+            devices=self.cfg.compute.eval_devices)
         pp = pd.read_csv(tmp / "base-train" / "per_problem.csv", dtype={"problem_id": str})
         rate = dict(zip(pp["problem_id"], pp["correct"] / pp["n"]))
         problems = load_problems(src.parent, "train")
@@ -304,7 +344,7 @@ class Evaluate(Stage):
         ev = self.cfg.eval
         self.subprocess("pipeline.evaluate", ["--config", str(tmp / "config.yaml"), "--model", self.model_path(),
                         "--name", self.model, "--problems", self.input()["problems"].path + "/test.jsonl",
-                        "--seed", str(self.cfg.seed), "--out", str(tmp / "eval")], run_id,
+                        "--seed", str(self.cfg.seed), "--out", str(tmp / "eval"), *self.eval_args()], run_id,
                         devices=self.cfg.compute.eval_devices)
         for f in (tmp / "eval").iterdir():
             f.rename(tmp / f.name)

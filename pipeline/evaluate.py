@@ -3,6 +3,9 @@
 Runnable alone:
     python -m pipeline.evaluate --model PATH --task chain_sum --n 64 --out DIR
 
+With --work W, samples are kept per shard of problems in W as each shard finishes, and a
+rerun samples only the missing shards (the same samples as one uninterrupted run on HF).
+
 Writes into DIR (atomically): samples.jsonl (one record per sample), problems.jsonl,
 per_problem.csv (model,problem_id,n,correct), per_problem_lenient.csv (the same under the task's
 lenient grader), passk.csv (model,k,pass_at_k,ci_low,ci_high) and summary.json.
@@ -19,9 +22,9 @@ import pandas as pd
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, EvalConfig, GenerationConfig, TaskSpec, _format_error, load_config
-from pipeline.io import atomic_dir, read_jsonl, write_jsonl
+from pipeline.io import atomic_dir, read_jsonl, write_jsonl, write_jsonl_atomic
 from pipeline.passk import PER_PROBLEM_COLUMNS, passk_table
-from pipeline.sampling import load_tokenizer, resolve_backend, sample
+from pipeline.sampling import Engine, Sample, load_tokenizer, resolve_backend
 from tasks import Problem, Task, build_tasks, problems_for
 
 
@@ -35,8 +38,11 @@ def evaluate(
     name: str | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    work_dir: str | Path | None = None,
+    shard_problems: int = 64,
 ) -> pd.DataFrame:
-    """Sample gen.n completions per problem from `model`, verify, and write the evaluation to out_dir."""
+    """Sample gen.n completions per problem from `model`, verify, and write the evaluation to out_dir.
+    With work_dir, samples are kept there shard by shard (resumable); see `sample_in_shards`."""
     name = name or Path(model).name
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):  # grouping by id would merge two problems into one with n doubled
@@ -46,9 +52,7 @@ def evaluate(
         raise ValueError(f"eval.ks: k={max(ks)} exceeds n={gen.n} samples per problem")
     tok = load_tokenizer(model)
     prompts = [tasks[p.task].prompt(p, tok) for p in problems]
-    t0 = time.time()
-    samples = sample(model, prompts, gen.n, gen, seed)
-    wall = time.time() - t0
+    samples, wall = sample_in_shards(model, prompts, gen, seed, work_dir, shard_problems)
     records = []
     for p, row in zip(problems, samples):
         task = tasks[p.task]
@@ -81,6 +85,37 @@ def evaluate(
     return passk
 
 
+def sample_in_shards(model: str, prompts: list[str], gen: GenerationConfig, seed: int, work_dir: str | Path | None,
+                     shard_problems: int) -> tuple[list[list[Sample]], float]:
+    """gen.n samples per prompt, and the seconds spent sampling. Prompts are cut into shards of about
+    shard_problems (a whole number of HF batches, so the samples equal one call's); each finished
+    shard is written whole into work_dir and skipped on a rerun. Without work_dir: one shard, in memory."""
+    engine: Engine | None = None
+    if work_dir is None:
+        engine = Engine(model, gen, seed)
+        t0 = time.time()
+        return engine.generate(prompts, gen.n, seed), time.time() - t0
+    per_batch = max(1, gen.batch_size // gen.n)  # Engine.prompts_per_batch, known before loading the model
+    size = max(1, round(shard_problems / per_batch)) * per_batch
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    out: list[list[Sample]] = []
+    wall = 0.0
+    for start in range(0, len(prompts), size):
+        path = work / f"samples-{start:06d}-{min(start + size, len(prompts)):06d}.jsonl"
+        if not path.is_file():
+            engine = engine or Engine(model, gen, seed)
+            t0 = time.time()
+            rows = engine.generate(prompts[start : start + size], gen.n, seed, first_chunk=start // per_batch)
+            took = time.time() - t0
+            write_jsonl_atomic(path, [dict(seconds=took if i == 0 else 0.0, samples=[s.__dict__ for s in row])
+                                      for i, row in enumerate(rows)])
+        rows = read_jsonl(path)
+        wall += sum(r["seconds"] for r in rows)
+        out.extend([Sample(**s) for s in r["samples"]] for r in rows)
+    return out, wall
+
+
 def _parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory or hub id")
@@ -101,6 +136,8 @@ def _parse_args(argv=None):
     ap.add_argument("--backend", choices=["vllm", "hf", "auto"])
     ap.add_argument("--bootstrap", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", help="directory for finished sample shards (a rerun resumes from them)")
+    ap.add_argument("--shard-problems", type=int, default=64, help="problems per shard with --work")
     return ap.parse_args(argv)
 
 
@@ -126,7 +163,8 @@ def main(argv=None) -> None:
         tasks.update(build_tasks([TaskSpec(name=t) for t in {p.task for p in problems} - set(tasks)]))
     else:
         problems = problems_for(specs, "test")
-    passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap)
+    passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap,
+                     a.work, a.shard_problems)
     print(passk.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 

@@ -1,9 +1,11 @@
 """Small file helpers: atomic output directories and JSONL."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -48,6 +50,39 @@ def _alive(pid: str) -> bool:
     return True
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised as an exception so that `finally` blocks and run bookkeeping still happen."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (only possible in the main thread; elsewhere a no-op)."""
+    def handler(signum, frame):
+        raise Terminated(f"received signal {signum} (SIGTERM)")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def stage_lock(run_dir: str | os.PathLike, name: str) -> Iterator[None]:
+    """An exclusive, blocking file lock for one stage directory (released by the kernel if the
+    holder dies). Lock files stay in <run_dir>/.locks: removing one while held would let a third
+    process lock a different file of the same name."""
+    path = Path(run_dir) / ".locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def is_complete(path: str | os.PathLike) -> bool:
     return (Path(path) / DONE_MARKER).is_file()
 
@@ -58,6 +93,15 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
+    return n
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    """write_jsonl under a temporary name, renamed into place: the file is whole or absent."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    n = write_jsonl(tmp, rows)
+    os.replace(tmp, path)
     return n
 
 

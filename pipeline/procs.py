@@ -44,20 +44,40 @@ def run_stage_process(
     cmd = stage_command(cfg, module, args, train)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     last, last_update = b"", 0.0
-    with open(log_path, "wb") as log:
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
+    with open(log_path, "ab") as log:  # appended: an earlier, killed attempt's log stays readable above
+        log.write((f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt by pid {os.getpid()}\n$ " + " ".join(cmd) + "\n").encode())
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert proc.stdout is not None
-        while chunk := proc.stdout.read1(65536):
-            log.write(chunk)
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
-            lines = [x for x in re.split(rb"[\r\n]", chunk) if x.strip()]
-            last = lines[-1] if lines else last
-            if progress and time.time() - last_update > 2:
-                m = PERCENT.search(last)
-                progress(f"{module}: {last.decode(errors='replace').strip()[:200]}", int(m.group(1)) if m else None)
-                last_update = time.time()
-        rc = proc.wait()
+        try:
+            while chunk := proc.stdout.read1(65536):
+                log.write(chunk)
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+                lines = [x for x in re.split(rb"[\r\n]", chunk) if x.strip()]
+                last = lines[-1] if lines else last
+                if progress and time.time() - last_update > 2:
+                    m = PERCENT.search(last)
+                    progress(f"{module}: {last.decode(errors='replace').strip()[:200]}", int(m.group(1)) if m else None)
+                    last_update = time.time()
+            rc = proc.wait()
+        finally:  # the stage is being stopped (SIGTERM, an error): stop its process too, never orphan it
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     if rc != 0:
-        raise RuntimeError(f"{module} exited with status {rc}; full log: {log_path}")
+        raise RuntimeError(f"{module} exited with status {rc}{_last_error(log_path)}; full log: {log_path}")
+
+
+def _last_error(log_path: Path) -> str:
+    """The process's own one-line error ("error: ...") or the last line of its traceback, if any."""
+    try:
+        lines = [x.strip() for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    for x in reversed(lines[-200:]):
+        if x.startswith("error:") or (": " in x and x.split(":", 1)[0].endswith(("Error", "Exception"))):
+            return f" ({x[:300]})"
+    return ""

@@ -21,7 +21,7 @@ import sys
 from typing import Any, Callable
 
 from pipeline.config import RLConfig
-from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, read_rows, same_named
+from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, read_rows, resume_point, same_named
 from tasks.base import Problem, Task, encode_prompt
 
 # RLConfig fields named as trl.GRPOConfig names them
@@ -105,7 +105,8 @@ def grpo_trainer_class():
     return Trainer
 
 
-def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int):
+def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
+                     checkpoints: str | None = None, save_steps: int = 0):
     """The configured trl.GRPOTrainer, not yet trained."""
     problems = load_problems(problems_path)  # first: a bad file fails before the heavy imports
     from datasets import Dataset
@@ -128,7 +129,7 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
         [{"prompt": tasks[p.task].prompt(p, tokenizer), "problem": json.dumps(p.to_dict())} for p in problems]
     )
     reward = TaskReward(tasks, cfg.reward)
-    fields = common_fields(cfg, out_dir, seed)
+    fields = common_fields(cfg, out_dir, seed, checkpoints, save_steps)
     fields.update(same_named(cfg, GRPO_FIELDS), use_vllm=False, lr_scheduler_type=cfg.lr_scheduler_type,
                   # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
                   warmup_steps=cfg.warmup_ratio, shuffle_dataset=not cfg.curriculum)
@@ -136,18 +137,20 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
     return grpo_trainer_class()(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
 
 
-def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int) -> dict:
+def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
+             checkpoints: str | None = None, save_steps: int = 0) -> dict:
     """GRPO from `base_model` on the training problems; save model + tokenizer to out_dir; return
-    the final metrics (train_loss, global_step, train_runtime, ..., last logged reward/accuracy)."""
-    trainer = build_rl_trainer(base_model, problems_path, task_specs, cfg, out_dir, seed)
+    the final metrics (train_loss, global_step, train_runtime, ..., last logged reward/accuracy).
+    With `checkpoints`, checkpoint every save_steps steps there and resume from the newest one."""
+    trainer = build_rl_trainer(base_model, problems_path, task_specs, cfg, out_dir, seed, checkpoints, save_steps)
     log.info("GRPO: %d problems, base %s -> %s", len(trainer.train_dataset), base_model, out_dir)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_point(checkpoints))
     last = {k: v for row in trainer.state.log_history for k, v in row.items() if k in ("reward", "accuracy")}
     return finish(trainer, result, out_dir, {"num_problems": len(trainer.train_dataset), **{f"final_{k}": v for k, v in last.items()}})
 
 
-def _run(cfg, problems: str, out: str, base_model: str, seed: int) -> dict:
-    return train_rl(base_model, problems, cfg.tasks, cfg.rl, out, seed)
+def _run(cfg, problems: str, out: str, base_model: str, seed: int, checkpoints: str | None = None) -> dict:
+    return train_rl(base_model, problems, cfg.tasks, cfg.rl, out, seed, checkpoints, cfg.compute.checkpoint_steps)
 
 
 def main(argv: list[str] | None = None) -> int:

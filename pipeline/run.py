@@ -11,14 +11,63 @@ MLflow parent runs stay apart. An unchanged rerun runs nothing and says so.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
+import os
 import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import luigi
 import yaml
 
-from pipeline.config import ConfigError, load_config
+from pipeline import tracking
+from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.dag import Report
+
+
+class StudyBusy(RuntimeError):
+    """Another invocation is running the same study."""
+
+
+@contextmanager
+def study_lock(cfg: ExperimentConfig):
+    """Hold the study for this invocation. A second invocation of the same study exits at once with
+    a message naming the running one (its pid, command and start time), and touches nothing."""
+    path = cfg.run_dir / ".study.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown process"
+        f.close()
+        raise StudyBusy(f"study {cfg.name!r} ({cfg.run_dir}) is already being run by {holder}; wait for it to "
+                        f"finish or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.truncate(0)
+        f.close()
+
+
+def check_writable(cfg: ExperimentConfig) -> None:
+    """output_dir must take files before any compute starts."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output_dir: {out} is not writable ({e.strerror}); expected a directory this user can "
+                          f"write to") from None
 
 
 def parse_assignments(items: list[str], flag: str) -> dict[str, list]:
@@ -61,16 +110,42 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     reports = [Report(config=a.config, overrides=ov) for ov in runs]
+    try:
+        check_writable(reports[0].cfg)
+        with ExitStack() as held:
+            for r in reports:
+                held.enter_context(study_lock(r.cfg))
+            return _build(reports, a)
+    except (ConfigError, StudyBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 3
+
+
+def _build(reports: list[Report], a) -> int:
     pending = [r for r in reports if not r.complete()]
     if not pending:
         for r in reports:
             print(f"nothing to do: {r.cfg.name} is up to date ({r.out_dir / 'report.md'})")
         return 0
+    for r in pending:  # runs a killed invocation left RUNNING
+        for run_id in tracking.close_orphans(r.cfg):
+            print(f"[tracking] marked run {run_id} KILLED: its process had ended without closing it")
+    started = time.time()
     kw = dict(scheduler_url=a.scheduler_url) if a.scheduler_url else dict(local_scheduler=True)
     res = luigi.build(pending, workers=a.workers, detailed_summary=True, log_level="INFO", **kw)
     print(res.summary_text)
+    failed = []
     for r in reports:
-        print(f"report: {r.out_dir / 'report.md'}")
+        tracking.close_orphans(r.cfg)
+        errors = [f for f in sorted((r.cfg.run_dir / "logs").glob("*.error")) if f.stat().st_mtime >= started]
+        failed += [(r.cfg, f.stem, f.read_text().strip()) for f in errors]
+        if errors:  # the experiment's parent run says which stages failed, until a rerun completes it
+            tracking.end_stage(r.cfg, tracking.parent_run(r.cfg), "FAILED",
+                               "; ".join(f"{f.stem}: {f.read_text().strip()}" for f in errors))
+    for cfg, stage, why in failed:
+        print(f"FAILED {cfg.name}/{stage}: {why}", file=sys.stderr)
+    for r in reports:
+        print(f"report: {r.out_dir / 'report.md'}" if r.complete() else f"incomplete: {r.cfg.name} (rerun to resume)")
     return 0 if res.scheduling_succeeded and all(r.complete() for r in reports) else 1
 
 

@@ -109,8 +109,16 @@ class Engine:
             # repetition_penalty=1.05, top_k=20, ...); a blank one leaves only what _hf passes, as on vLLM
             self.lm.generation_config = HFGenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.tok.pad_token_id)
 
-    def generate(self, prompts: list[str], n: int, seed: int = 0) -> list[list[Sample]]:
-        return (self._vllm if self.backend == "vllm" else self._hf)(prompts, n, seed)
+    def generate(self, prompts: list[str], n: int, seed: int = 0, first_chunk: int = 0) -> list[list[Sample]]:
+        """n samples per prompt. `first_chunk`: the index of these prompts' first HF batch among all
+        batches of a larger call, so sampling a list in pieces (shards) reproduces one call over it
+        when each piece is a whole number of batches (`prompts_per_batch`)."""
+        if self.backend == "vllm":
+            return self._vllm(prompts, n, seed)
+        return self._hf(prompts, n, seed, first_chunk)
+
+    def prompts_per_batch(self, n: int) -> int:
+        return max(1, self.gen.batch_size // n)
 
     def encode(self, prompts: list[str]):
         """Left-padded prompt ids for HF generate: `encode_prompt`'s ids, no special tokens added."""
@@ -129,17 +137,17 @@ class Engine:
         results = self.llm.generate(prompts, params, use_tqdm=True, tokenization_kwargs={"add_special_tokens": False})
         return [[Sample(o.text, len(o.token_ids), o.finish_reason or "stop") for o in r.outputs] for r in results]
 
-    def _hf(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+    def _hf(self, prompts: list[str], n: int, seed: int, first_chunk: int = 0) -> list[list[Sample]]:
         import torch
 
         g, tok = self.gen, self.tok
-        per_chunk = max(1, g.batch_size // n)  # prompts per forward batch; each expands to n sequences
+        per_chunk = self.prompts_per_batch(n)  # prompts per forward batch; each expands to n sequences
         out: list[list[Sample]] = []
         bar = tqdm(total=len(prompts), desc=f"sample[hf] {Path(self.model).name}", unit="prompt", mininterval=2)
         for ci, start in enumerate(range(0, len(prompts), per_chunk)):
             chunk = prompts[start : start + per_chunk]
             enc = self.encode(chunk)
-            torch.manual_seed(seed * 1_000_003 + ci)  # per chunk: results do not depend on earlier chunks
+            torch.manual_seed(seed * 1_000_003 + first_chunk + ci)  # per chunk: independent of earlier chunks
             sampling = g.temperature > 0
             with torch.no_grad():
                 ids = self.lm.generate(

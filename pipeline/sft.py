@@ -14,7 +14,7 @@ import logging
 import sys
 
 from pipeline.config import SFTConfig
-from pipeline.train_common import build_args, cli, common_fields, finish, read_rows
+from pipeline.train_common import build_args, cli, common_fields, finish, read_rows, resume_point
 from tasks.base import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 REQUIRED = ("prompt", "completion")
 
 
-def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int):
+def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int,
+                      checkpoints: str | None = None, save_steps: int = 0):
     """The configured trl.SFTTrainer (dataset tokenized, prompt tokens masked), not yet trained."""
     rows = read_rows(traces_path, "traces", REQUIRED)  # first: a bad file fails before the heavy imports
     from datasets import Dataset
@@ -33,7 +34,7 @@ def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     data = Dataset.from_list([tokenize_example(tokenizer, str(r["prompt"]), str(r["completion"])) for r in rows])
-    fields = common_fields(cfg, out_dir, seed)
+    fields = common_fields(cfg, out_dir, seed, checkpoints, save_steps)
     fields.update(
         num_train_epochs=cfg.num_train_epochs,
         max_length=cfg.max_length,
@@ -57,18 +58,20 @@ def tokenize_example(tokenizer, prompt: str, completion: str) -> dict[str, list[
     return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
 
 
-def train_sft(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int) -> dict:
+def train_sft(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int,
+              checkpoints: str | None = None, save_steps: int = 0) -> dict:
     """Fine-tune `base_model` on the traces; save model + tokenizer to out_dir; return the final
-    metrics (train_loss, global_step, train_runtime, train_samples_per_second, num_examples)."""
-    trainer = build_sft_trainer(base_model, traces_path, cfg, out_dir, seed)
+    metrics (train_loss, global_step, train_runtime, train_samples_per_second, num_examples).
+    With `checkpoints`, checkpoint every save_steps steps there and resume from the newest one."""
+    trainer = build_sft_trainer(base_model, traces_path, cfg, out_dir, seed, checkpoints, save_steps)
     n = len(trainer.train_dataset)
     log.info("SFT: %d traces, base %s -> %s", n, base_model, out_dir)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_point(checkpoints))
     return finish(trainer, result, out_dir, {"num_examples": n})
 
 
-def _run(cfg, traces: str, out: str, base_model: str, seed: int) -> dict:
-    return train_sft(base_model, traces, cfg.sft, out, seed)
+def _run(cfg, traces: str, out: str, base_model: str, seed: int, checkpoints: str | None = None) -> dict:
+    return train_sft(base_model, traces, cfg.sft, out, seed, checkpoints, cfg.compute.checkpoint_steps)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import contextmanager
+import socket
+import sqlite3
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
+from pipeline.io import _alive
 
 TAG = "dvr."  # prefix of this project's tags
 MAX_PARAM = 6000
@@ -42,11 +46,47 @@ def client(cfg: ExperimentConfig) -> MlflowClient:
     if uri.startswith("sqlite:///") and uri not in _READY:
         # MLflow creates and migrates a new sqlite store on first use; two Luigi workers doing that at
         # once fail ("duplicate column name"), so the first use is serialised with a file lock.
-        with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
+        db = Path(uri.removeprefix("sqlite:///"))
+        with open(str(db) + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            MlflowClient(uri).search_experiments(max_results=1)
+            ensure_sqlite_store(db)
         _READY.add(uri)
     return MlflowClient(uri)
+
+
+def ensure_sqlite_store(db: Path) -> None:
+    """Make sure `db` is a complete MLflow store. A new store is created and migrated under a
+    temporary name and renamed into place, so a kill mid-creation never leaves a half-made store
+    (which fails every later run with "table ... already exists"). A half-made store left by an
+    older version (no runs in it) is moved aside and made again; one with runs is never touched."""
+    if db.is_file():
+        try:
+            MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+            return
+        except Exception as e:  # noqa: BLE001 - sqlalchemy/alembic errors of a broken store
+            if _run_count(db) > 0:
+                raise RuntimeError(f"{db}: the MLflow store cannot be opened ({str(e).splitlines()[0][:200]}) and "
+                                   f"holds runs, so it is left as it is; repair or move it") from None
+            aside = db.with_name(f"{db.name}.broken-{int(time.time())}")
+            os.replace(db, aside)
+            print(f"[tracking] {db}: a half-made MLflow store with no runs (killed while being created); "
+                  f"moved to {aside.name} and made again", flush=True)
+    for stale in db.parent.glob(f"{db.name}.tmp-*"):  # a killed creator's (its journal too)
+        pid = stale.name.removeprefix(f"{db.name}.tmp-").removesuffix("-journal")
+        if not _alive(pid):
+            stale.unlink(missing_ok=True)
+    tmp = db.with_name(f"{db.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates and migrates it
+    os.replace(tmp, db)
+
+
+def _run_count(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("select count(*) from runs").fetchone()[0]
+    except sqlite3.Error:  # no runs table: nothing was ever logged
+        return 0
 
 
 def experiment_id(cfg: ExperimentConfig) -> str:
@@ -101,7 +141,9 @@ def start_stage(cfg: ExperimentConfig, stage: str, key: str, lineage: dict[str, 
                 run_name: str | None = None) -> str:
     """A fresh child run for one execution of a stage; returns its id."""
     parent = parent_run(cfg)
-    tags = {"mlflow.parentRunId": parent, f"{TAG}stage": stage, f"{TAG}hash": key, f"{TAG}experiment": cfg.name}
+    close_orphans(cfg)
+    tags = {"mlflow.parentRunId": parent, f"{TAG}stage": stage, f"{TAG}hash": key, f"{TAG}experiment": cfg.name,
+            f"{TAG}owner": process_token()}
     tags.update({f"{TAG}{k}": str(v) for k, v in (lineage or {}).items()})
     return client(cfg).create_run(experiment_id(cfg), run_name=f"{run_name or stage}-{key}", tags=tags).info.run_id
 
@@ -141,8 +183,54 @@ def log_dataset(cfg: ExperimentConfig, run_id: str, df: pd.DataFrame, name: str,
     client(cfg).log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
 
-def end_stage(cfg: ExperimentConfig, run_id: str, status: str = "FINISHED") -> None:
-    client(cfg).set_terminated(run_id, status)
+def end_stage(cfg: ExperimentConfig, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    c = client(cfg)
+    if reason:
+        c.set_tag(run_id, f"{TAG}end_reason", reason[:5000])
+    c.set_terminated(run_id, status)
+
+
+def process_token(pid: int | None = None) -> str:
+    """host:pid:start-time of a process: a pid alone may be reused once its process is gone."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    try:  # field 22 of /proc/<pid>/stat, counted after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _token_alive(token: str) -> bool:
+    host, pid, start = (token.split(":") + ["", "", ""])[:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start == "?" or _start_time(int(pid)) == start
+
+
+def close_orphans(cfg: ExperimentConfig) -> list[str]:
+    """Mark KILLED every RUNNING stage run of this experiment whose owning process (on this machine)
+    is gone: a SIGKILL (or a power cut) gives a process no chance to end its own run. Returns their ids."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
+    if exp is None:
+        return []
+    closed = []
+    for run in c.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        owner = run.data.tags.get(f"{TAG}owner")
+        if owner and not _token_alive(owner):
+            end_stage(cfg, run.info.run_id, "KILLED", f"its process ({owner}) ended without closing the run "
+                                                        f"(killed); found by a later run")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def stage_env(cfg: ExperimentConfig, run_id: str) -> dict[str, str]:

@@ -83,18 +83,44 @@ def same_named(cfg, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: getattr(cfg, n) for n in names}
 
 
-def common_fields(cfg, out_dir: str, seed: int) -> dict[str, Any]:
-    """The TrainingArguments both stages set the same way."""
-    return dict(
-        same_named(cfg, COMMON_FIELDS),
-        output_dir=str(out_dir),
-        seed=seed,
-        data_seed=seed,
-        report_to=report_to(),
-        # the final model is saved once, at the end, into out_dir; no intermediate checkpoints
-        # unless the preset asks for them through `extra` (save_strategy/save_steps)
-        save_strategy="no",
-    )
+def common_fields(cfg, out_dir: str, seed: int, checkpoints: str | None = None, save_steps: int = 0) -> dict[str, Any]:
+    """The TrainingArguments both stages set the same way. With a checkpoint directory, Trainer
+    checkpoints (model, optimizer, scheduler, RNG states, trainer state) go there every save_steps
+    steps, the last two kept, so a killed stage resumes (`resume_point`); the final model is saved
+    into out_dir by `finish` either way."""
+    fields = dict(same_named(cfg, COMMON_FIELDS), output_dir=str(out_dir), seed=seed, data_seed=seed,
+                  report_to=report_to(), save_strategy="no")
+    if checkpoints and save_steps > 0:
+        fields.update(output_dir=str(checkpoints), save_strategy="steps", save_steps=save_steps, save_total_limit=2)
+    return fields
+
+
+def resume_point(checkpoints: str | os.PathLike | None) -> str | None:
+    """The newest complete Trainer checkpoint in the directory before the final step, or None.
+    Trainer writes a checkpoint in place (not atomically) and its trainer_state.json last, so a
+    directory without that file was cut off mid-save: it is removed, and the one before it is used."""
+    import shutil
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    d = Path(checkpoints) if checkpoints else None
+    if d is None or not d.is_dir():
+        return None
+    found = sorted((p for p in d.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    for p in reversed(found):
+        state = p / "trainer_state.json"
+        if not state.is_file():
+            log.warning("removing the incomplete checkpoint %s (killed mid-save)", p)
+        elif 0 < (s := json.loads(state.read_text())).get("max_steps", 0) <= s.get("global_step", 0):
+            # transformers 5.19 resumed at global_step == max_steps trains one step more (measured: a
+            # 3-step GRPO run ended at step 4); the step before it is redone instead, which gives the same model
+            log.warning("not resuming from the final checkpoint %s (Trainer would train past max_steps)", p)
+        else:
+            log.info("resuming from %s", p)
+            return str(p)
+        shutil.rmtree(p, ignore_errors=True)
+    return None
 
 
 def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -134,7 +160,7 @@ def mark_run_failed() -> None:
 
 def cli(stage: str, input_flag: str, input_help: str, run: Callable[..., dict], argv: list[str] | None = None) -> int:
     """`python -m pipeline.<stage> --config C --<input_flag> F --out D [--base-model M] [--seed S]`:
-    loads and validates the preset, calls `run(cfg, input_path, out_dir, base_model, seed)`,
+    loads and validates the preset, calls `run(cfg, input_path, out_dir, base_model, seed, checkpoints=)`,
     prints the final metrics as one JSON line."""
     from pipeline.config import ConfigError, load_config
 
@@ -144,11 +170,14 @@ def cli(stage: str, input_flag: str, input_help: str, run: Callable[..., dict], 
     ap.add_argument("--out", required=True, help="output directory for the final model (written as given)")
     ap.add_argument("--base-model", default=None, help="base model path or hub id (default: the preset's base_model)")
     ap.add_argument("--seed", type=int, default=None, help="seed (default: the preset's seed)")
+    ap.add_argument("--checkpoints", default=None, help="directory for Trainer checkpoints (every "
+                    "compute.checkpoint_steps steps); training resumes from the newest one found there")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cfg = load_config(a.config)
-        metrics = run(cfg, a.input, a.out, a.base_model or cfg.base_model, cfg.seed if a.seed is None else a.seed)
+        metrics = run(cfg, a.input, a.out, a.base_model or cfg.base_model, cfg.seed if a.seed is None else a.seed,
+                      checkpoints=a.checkpoints)
     except (ConfigError, TrainInputError) as e:
         mark_run_failed()
         print(f"error: {e}", file=sys.stderr)
