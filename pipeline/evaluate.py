@@ -50,8 +50,11 @@ def evaluate(
         raise ValueError(f"problems: id {dup!r} appears more than once (expected unique ids; give task specs distinct labels)")
     if max(ks) > gen.n:
         raise ValueError(f"eval.ks: k={max(ks)} exceeds n={gen.n} samples per problem")
+    if not problems:
+        raise ValueError("problems: none to evaluate (expected at least one problem)")
     tok = load_tokenizer(model)
     prompts = [tasks[p.task].prompt(p, tok) for p in problems]
+    check_context(model, tok, prompts, [p.id for p in problems], gen.max_tokens)
     samples, wall = sample_in_shards(model, prompts, gen, seed, work_dir, shard_problems)
     records = []
     for p, row in zip(problems, samples):
@@ -83,6 +86,24 @@ def evaluate(
         lenient.to_csv(tmp / "per_problem_lenient.csv", index=False)  # the same, graded leniently
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return passk
+
+
+def check_context(model: str, tok, prompts: list[str], ids: list[str], max_tokens: int) -> None:
+    """Refuse, before sampling, a prompt that with max_tokens new tokens does not fit the model's
+    context (max_position_embeddings): HF would fail mid-run, vLLM would refuse the request."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+    if not limit:
+        return
+    from tasks.base import encode_prompt
+
+    for pid, prompt in zip(ids, prompts):
+        n = len(encode_prompt(tok, prompt))
+        if n + max_tokens > limit:
+            raise ValueError(f"problem {pid}: its prompt is {n} tokens, and with max_tokens={max_tokens} that exceeds "
+                             f"{model}'s context of {limit} tokens (max_position_embeddings); shorten the problem or "
+                             f"lower max_tokens")
 
 
 def sample_in_shards(model: str, prompts: list[str], gen: GenerationConfig, seed: int, work_dir: str | Path | None,
@@ -137,7 +158,7 @@ def _parse_args(argv=None):
     ap.add_argument("--bootstrap", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="directory for finished sample shards (a rerun resumes from them)")
-    ap.add_argument("--shard-problems", type=int, default=64, help="problems per shard with --work")
+    ap.add_argument("--shard-problems", type=int, default=32, help="problems per shard with --work")
     return ap.parse_args(argv)
 
 
@@ -147,8 +168,8 @@ def main(argv=None) -> None:
         cfg = load_config(a.config) if a.config else None
         specs = [TaskSpec(name=t, test_size=a.test_size, levels=a.levels, seed=a.task_seed) for t in a.task or []]
         specs = specs or (list(cfg.tasks) if cfg else [])
-        if not specs:
-            raise ConfigError("--task: expected at least one task name (or --config with tasks)")
+        if not specs and not a.problems:
+            raise ConfigError("--task: expected at least one task name (or --config with tasks, or --problems)")
         overrides = {k: v for k, v in dict(n=a.n, ks=a.ks, temperature=a.temperature, top_p=a.top_p,
                      max_tokens=a.max_tokens, batch_size=a.batch_size, backend=a.backend,
                      bootstrap=a.bootstrap).items() if v is not None}
@@ -157,14 +178,19 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {_format_error('arguments', e)}") from None
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    tasks = build_tasks(specs)
-    if a.problems:
-        problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
-        tasks.update(build_tasks([TaskSpec(name=t) for t in {p.task for p in problems} - set(tasks)]))
-    else:
-        problems = problems_for(specs, "test")
-    passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap,
-                     a.work, a.shard_problems)
+    try:
+        tasks = build_tasks(specs)
+        if a.problems:
+            problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
+            if not problems:
+                raise ValueError(f"{a.problems}: no problems (expected at least one JSONL row)")
+            tasks.update(build_tasks([TaskSpec(name=t) for t in {p.task for p in problems} - set(tasks)]))
+        else:
+            problems = problems_for(specs, "test")
+        passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap,
+                         a.work, a.shard_problems)
+    except (ValueError, OSError) as e:  # bad input or a failed write (full disk): one line, nothing half-written
+        raise SystemExit(f"error: {' '.join(str(e).split())}") from None
     print(passk.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 

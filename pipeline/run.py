@@ -136,12 +136,15 @@ def _build(reports: list[Report], a) -> int:
     print(res.summary_text)
     failed = []
     for r in reports:
-        tracking.close_orphans(r.cfg)
         errors = [f for f in sorted((r.cfg.run_dir / "logs").glob("*.error")) if f.stat().st_mtime >= started]
         failed += [(r.cfg, f.stem, f.read_text().strip()) for f in errors]
-        if errors:  # the experiment's parent run says which stages failed, until a rerun completes it
-            tracking.end_stage(r.cfg, tracking.parent_run(r.cfg), "FAILED",
-                               "; ".join(f"{f.stem}: {f.read_text().strip()}" for f in errors))
+        try:
+            tracking.close_orphans(r.cfg)
+            if errors:  # the experiment's parent run says which stages failed, until a rerun completes it
+                tracking.end_stage(r.cfg, tracking.parent_run(r.cfg), "FAILED",
+                                   "; ".join(f"{f.stem}: {f.read_text().strip()}" for f in errors))
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: the summary below matters more
+            print(f"[tracking] could not update the MLflow runs of {r.cfg.name}: {e}", file=sys.stderr)
     for cfg, stage, why in failed:
         print(f"FAILED {cfg.name}/{stage}: {why}", file=sys.stderr)
     for r in reports:

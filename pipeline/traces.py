@@ -38,8 +38,12 @@ def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str
     paths = [shard_path(out_dir, i, shards) for i in range(shards)]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
     if todo:
-        engine = Engine(cfg.teacher_model, gen, cfg.seed)
+        from pipeline.evaluate import check_context
+
         tok = load_tokenizer(cfg.teacher_model)
+        check_context(cfg.teacher_model, tok, [tasks[p.task].prompt(p, tok) for p in problems], [p.id for p in problems],
+                      gen.max_tokens)
+        engine = Engine(cfg.teacher_model, gen, cfg.seed)
     for done, i in enumerate(todo):
         part = problems[i::shards]
         prompts = [tasks[p.task].prompt(p, tok) for p in part]
@@ -108,6 +112,13 @@ def main(argv=None) -> None:
     f.add_argument("--traces", required=True, help="directory of shard-*.jsonl files")
     f.add_argument("--out", required=True, help="directory for filtered.jsonl and yield.csv")
     a = ap.parse_args(argv)
+    try:
+        _main(a)
+    except (ValueError, OSError) as e:  # bad input or a failed write (full disk): one line
+        raise SystemExit(f"error: {' '.join(str(e).split())}") from None
+
+
+def _main(a) -> None:
     cfg = load_config(a.config)
     problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
     if not problems:

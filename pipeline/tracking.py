@@ -68,6 +68,7 @@ def ensure_sqlite_store(db: Path) -> None:
                 raise RuntimeError(f"{db}: the MLflow store cannot be opened ({str(e).splitlines()[0][:200]}) and "
                                    f"holds runs, so it is left as it is; repair or move it") from None
             aside = db.with_name(f"{db.name}.broken-{int(time.time())}")
+            _forget_engine(f"sqlite:///{db}")  # MLflow keeps one engine per URI, still open on the old file
             os.replace(db, aside)
             print(f"[tracking] {db}: a half-made MLflow store with no runs (killed while being created); "
                   f"moved to {aside.name} and made again", flush=True)
@@ -78,7 +79,17 @@ def ensure_sqlite_store(db: Path) -> None:
     tmp = db.with_name(f"{db.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates and migrates it
+    _forget_engine(f"sqlite:///{tmp}")
     os.replace(tmp, db)
+
+
+def _forget_engine(uri: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with SqlAlchemyStore._engine_map_lock:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _run_count(db: Path) -> int:

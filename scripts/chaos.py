@@ -103,6 +103,36 @@ def compare(ref: Path, got: Path) -> list[str]:
     return problems
 
 
+def worst_case(run: Path) -> dict[str, float]:
+    """The most one kill can cost in each resumable stage of a finished run, in seconds: the longest
+    stretch between two resume points (a teacher shard, an evaluation shard, checkpoint_steps
+    training steps). A rerun also pays the stage's start-up again (model load, a few seconds here)."""
+    from pipeline.config import load_config as load
+
+    out: dict[str, float] = {}
+    for d in sorted(run.iterdir()):
+        info = d / "stage.json"
+        if not info.is_file():
+            continue
+        cfg = load(d / "config.yaml")
+        stage = json.loads(info.read_text())
+        if d.name.startswith("traces-"):
+            out[d.name] = round(stage["seconds"] / cfg.traces.shards, 1)
+        elif d.name.startswith(("sft-", "rl-")):
+            m = json.loads((d / "model" / "train_metrics.json").read_text())
+            steps = cfg.compute.checkpoint_steps or m["global_step"]
+            out[d.name] = round(m["train_runtime"] / max(1, m["global_step"]) * min(steps, m["global_step"]), 1)
+        elif d.name.startswith("eval-") or d.name.startswith("rlprompts-"):
+            summary = next(d.rglob("summary.json"))
+            sm = json.loads(summary.read_text())
+            per_batch = max(1, cfg.eval.batch_size // sm["n"])
+            shard = max(1, round(cfg.compute.eval_shard_problems / per_batch)) * per_batch
+            out[d.name] = round(sm["sample_seconds"] * min(1.0, shard / sm["problems"]), 1)
+        else:  # not resumable inside: a kill costs the stage
+            out[d.name] = stage["seconds"]
+    return out
+
+
 def leftovers(run: Path) -> list[str]:
     return sorted(p.name for p in run.iterdir() if ".tmp-" in p.name or p.suffix in (".shards", ".ckpt"))
 
@@ -121,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--points", default=",".join(POINTS), help=f"kill points, in order (of {','.join(POINTS)})")
     ap.add_argument("--reference", help="an existing uninterrupted run's output_dir (skips the reference run)")
+    ap.add_argument("--cost-only", action="store_true", help="only print what one kill can cost at most in each "
+                    "stage of the --reference run (from its stage times), and exit")
     ap.add_argument("--workers", type=int, default=1, help="Luigi workers; 1 runs the stages one at a time, so "
                     "every point is reached in turn (with 2, a parallel stage may finish before its point comes)")
     a = ap.parse_args(argv)
@@ -140,6 +172,11 @@ def main(argv=None) -> int:
                 *extra, "--set", f"output_dir={output_dir}"]
 
     ref = Path(a.reference).resolve() if a.reference else out / "reference"
+    if a.cost_only:
+        cost = worst_case(ref / name)
+        (out / "worst_case.json").write_text(json.dumps(cost, indent=2))
+        print(json.dumps(cost, indent=2))
+        return 0
     result: dict = dict(config=a.config, sets=a.set, points=points, kills=[])
     if not a.reference:
         r = invoke(cmd(ref), out / "reference.log", [], ref / name, env)
@@ -171,6 +208,7 @@ def main(argv=None) -> int:
     result["chaos_seconds"] = round(sum(k["seconds"] for k in result["kills"]) + r["seconds"], 1)
     if "reference_seconds" in result:
         result["cost_seconds"] = round(result["chaos_seconds"] - result["reference_seconds"], 1)
+    result["worst_case_seconds"] = worst_case(run)
     result["problems"] = problems
     (out / "chaos.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -210,18 +210,22 @@ def _read_jsonl(option: str, path: Path) -> list[tuple[dict, str]]:
     if not path.is_file():
         raise ValueError(f"task math: option {option}: no such file {str(path)!r} (expected a JSONL file)")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{option} {path} line {i}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"task math: {where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"task math: {where}: expected a JSON object")
-            out.append((rec, where))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"task math: option {option}: {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                         f"offset {e.start}); expected UTF-8 JSONL") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{option} {path} line {i}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"task math: {where}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"task math: {where}: expected a JSON object")
+        out.append((rec, where))
     if not out:
         raise ValueError(f"task math: option {option}: {path} has no records")
     return out

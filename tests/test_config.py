@@ -7,10 +7,23 @@ import yaml
 from pipeline.config import ConfigError, load_config
 
 
+def model_dir(path):
+    """The least a model directory needs to pass the config check: config.json and whole weights."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"w": torch.zeros(4)}, str(path / "model.safetensors"))
+    return path
+
+
 @pytest.fixture
 def good(tmp_path):
-    (tmp_path / "base").mkdir()
-    (tmp_path / "teacher").mkdir()
+    model_dir(tmp_path / "base")
+    model_dir(tmp_path / "teacher")
     return {
         "name": "exp",
         "seed": 1,
