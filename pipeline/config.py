@@ -85,7 +85,7 @@ class TaskSpec(Strict):
     # the spec's identity in the study (default: name); needed when two specs share a family,
     # e.g. {name: math, label: gsm8k} and {name: math, label: math500}. Results are reported per label.
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*$")
-    train_size: int = Field(1000, ge=1)
+    train_size: int = Field(1000, ge=0)  # 0: an evaluation-only benchmark (no training problems, e.g. AIME24)
     test_size: int = Field(100, ge=1)
     levels: list[int] | None = None
     seed: int = 0

@@ -94,6 +94,8 @@ def problems_for(specs, split: str) -> list[Problem]:
     for s in specs:
         label = spec_label(s)
         n = s.train_size if split == "train" else s.test_size
+        if n == 0:  # an evaluation-only spec contributes no training problems
+            continue
         for p in tasks[label].problems(split, n, seed=s.seed, levels=s.levels):
             if label != p.task:
                 p = replace(p, id=f"{label}-{p.id}", task=label)
