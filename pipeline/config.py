@@ -247,11 +247,21 @@ class ComputeConfig(Strict):
 
     launcher: Literal["python", "accelerate"] = "python"  # accelerate: `accelerate launch` for training
     num_processes: int = Field(1, ge=1)  # accelerate processes (GPUs) per training stage
+    # an accelerate config file (configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml); without one, more than
+    # one process means plain data parallel (DDP; gloo on CPU)
+    accelerate_config: str | None = None
     gpus_per_stage: int = Field(0, ge=0)  # Luigi resource "gpu" each heavy stage claims ([resources] gpu=N)
     sft_devices: str | None = None  # CUDA_VISIBLE_DEVICES for TrainSFT, e.g. "0"
     rl_devices: str | None = None  # ... for TrainRL, e.g. "1", so both train at once
     eval_devices: str | None = None
     threads: int | None = Field(None, ge=1)  # OMP/torch threads per stage process (CPU runs)
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _accelerate_config_exists(cls, v):
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"file {v!r} not found (expected an accelerate config, e.g. configs/accelerate/ddp.yaml)")
+        return v
     # Trainer checkpoints every this many optimizer steps (0 = none): a killed training stage resumes
     # from the newest, so a kill costs at most this many steps. Resuming gives the same model.
     checkpoint_steps: int = Field(25, ge=0)

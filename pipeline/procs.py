@@ -19,10 +19,29 @@ PERCENT = re.compile(rb"(\d{1,3})%")
 
 
 def stage_command(cfg: ExperimentConfig, module: str, args: list[str], train: bool) -> list[str]:
-    if train and cfg.compute.launcher == "accelerate":
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.compute.num_processes),
-                "-m", module, *args]
-    return [sys.executable, "-m", module, *args]
+    """`python -m module args`, or for a training stage with compute.launcher=accelerate,
+    `accelerate launch` with the preset's accelerate config (DDP/FSDP/ZeRO), else plain data parallel
+    (`--multi_gpu`, which on a machine without GPUs runs DDP over gloo). Each launch gets a free
+    rendezvous port, so SFT and RL can train at once on one machine."""
+    c = cfg.compute
+    if not (train and c.launcher == "accelerate"):
+        return [sys.executable, "-m", module, *args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(c.num_processes)]
+    if c.accelerate_config:
+        cmd += ["--config_file", c.accelerate_config]
+    elif c.num_processes > 1:
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if c.num_processes > 1:
+        cmd += ["--main_process_port", str(_free_port())]
+    return [*cmd, "-m", module, *args]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_stage_process(
