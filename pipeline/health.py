@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 FIRST, LAST = 0.10, 0.20  # window shares of the logged steps
+MIN_WINDOW = 2  # logged points in each window, at least
 # the metric that says "learning" for each kind of arm, in order of preference
 TRAINING_METRIC = {"rl": ("accuracy", "reward"), "sft": ("mean_token_accuracy",)}
 CURVES = {
@@ -52,11 +53,14 @@ def check_arm(history: list[dict[str, Any]], kind: str, min_gain: float = 0.05, 
         return dict(kind=kind, metric=None, learned=False, points=0,
                     reason=f"no {'/'.join(TRAINING_METRIC[kind])} in the log history")
     steps, values = series(history, metric)
-    if len(values) < 3:
+    # each window needs two points at least: a bootstrap CI of a single value has no spread, and
+    # called a 3-step run that went 0.0 -> 0.625 "learned"
+    if len(values) < 2 * MIN_WINDOW:
         return dict(kind=kind, metric=metric, learned=False, points=len(values),
-                    reason=f"only {len(values)} logged points of {metric} (need at least 3)")
-    a = np.array(values[: max(1, math.ceil(FIRST * len(values)))])
-    b = np.array(values[-max(1, math.ceil(LAST * len(values))):])
+                    reason=f"only {len(values)} logged points of {metric} (need at least {2 * MIN_WINDOW}: "
+                           f"{MIN_WINDOW} in each window)")
+    a = np.array(values[: max(MIN_WINDOW, math.ceil(FIRST * len(values)))])
+    b = np.array(values[-max(MIN_WINDOW, math.ceil(LAST * len(values))):])
     rng = np.random.default_rng(seed)
     boots = (rng.choice(b, (n_boot, len(b))).mean(1) - rng.choice(a, (n_boot, len(a))).mean(1))
     lo, hi = np.percentile(boots, [2.5, 97.5])

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models the project builds itself (no hub, no download)."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,22 @@ def toyworld() -> Path:
     if not (path / "base").is_dir():
         pytest.fail("toyworld/base is missing: rebuild with `python -m pipeline.toyworld --out toyworld`")
     return path
+
+
+def run_smoke(out, *extra) -> str:
+    """`python -m pipeline.run` on configs/smoke.yaml (2 workers) into `out`; its stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/smoke.yaml", "--workers", "2",
+           "--set", f"output_dir={out}", *extra]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    return res.stdout
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, toyworld):
+    """One whole smoke study, shared: test_dag reads it (and adds an RL-changed rerun beside it, which
+    leaves the first run's stage directories as they were); test_reliability compares its numbers
+    with another run's."""
+    out = tmp_path_factory.mktemp("runs")
+    return out, run_smoke(out)

@@ -14,20 +14,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(out, *extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
-    cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/smoke.yaml", "--workers", "2",
-           "--set", f"output_dir={out}", *extra]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
-    return res.stdout
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, toyworld):
-    out = tmp_path_factory.mktemp("runs")
-    stdout = run(out)
-    return out, stdout
+from conftest import run_smoke as run  # the `smoke` fixture (conftest.py) is this module's study
 
 
 def test_report_files_and_verdicts(smoke):
