@@ -22,7 +22,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed writer; a live one's stays
-        if not _alive(stale.name.rsplit("-", 1)[-1]):
+        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
@@ -37,7 +37,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _alive(pid: str) -> bool:
+def pid_alive(pid: str) -> bool:
     """Whether the process that named a temporary directory still runs (same machine)."""
     if not pid.isdigit():
         return False

@@ -24,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
-from pipeline.io import _alive
+from pipeline.io import pid_alive
 
 TAG = "dvr."  # prefix of this project's tags
 MAX_PARAM = 6000
@@ -74,7 +74,7 @@ def ensure_sqlite_store(db: Path) -> None:
                   f"moved to {aside.name} and made again", flush=True)
     for stale in db.parent.glob(f"{db.name}.tmp-*"):  # a killed creator's (its journal too)
         pid = stale.name.removeprefix(f"{db.name}.tmp-").removesuffix("-journal")
-        if not _alive(pid):
+        if not pid_alive(pid):
             stale.unlink(missing_ok=True)
     tmp = db.with_name(f"{db.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -218,13 +218,7 @@ def _token_alive(token: str) -> bool:
     host, pid, start = (token.split(":") + ["", "", ""])[:3]
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's process: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return start == "?" or _start_time(int(pid)) == start
+    return pid_alive(pid) and (start == "?" or _start_time(int(pid)) == start)
 
 
 def close_orphans(cfg: ExperimentConfig) -> list[str]:
