@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def evaluate(
     n_boot: int = 1000,
     work_dir: str | Path | None = None,
     shard_problems: int = 64,
-) -> pd.DataFrame:
+    tensor_parallel_size: int = 1,
+    dp: tuple[int, int] | None = None,
+) -> pd.DataFrame | None:
     """Sample gen.n completions per problem from `model`, verify, and write the evaluation to out_dir.
-    With work_dir, samples are kept there shard by shard (resumable); see `sample_in_shards`."""
+    With work_dir, samples are kept there shard by shard (resumable); see `sample_in_shards`. With
+    dp=(rank, size), only this data-parallel rank's shards are sampled into work_dir, and nothing
+    else is written (the parent process assembles the evaluation once every rank is done)."""
     name = name or Path(model).name
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):  # grouping by id would merge two problems into one with n doubled
@@ -55,7 +60,9 @@ def evaluate(
     tok = load_tokenizer(model)
     prompts = [tasks[p.task].prompt(p, tok) for p in problems]
     check_context(model, tok, prompts, [p.id for p in problems], gen.max_tokens)
-    samples, wall = sample_in_shards(model, prompts, gen, seed, work_dir, shard_problems)
+    samples, wall = sample_in_shards(model, prompts, gen, seed, work_dir, shard_problems, tensor_parallel_size, dp)
+    if dp is not None:
+        return None
     records = []
     for p, row in zip(problems, samples):
         task = tasks[p.task]
@@ -107,13 +114,15 @@ def check_context(model: str, tok, prompts: list[str], ids: list[str], max_token
 
 
 def sample_in_shards(model: str, prompts: list[str], gen: GenerationConfig, seed: int, work_dir: str | Path | None,
-                     shard_problems: int) -> tuple[list[list[Sample]], float]:
+                     shard_problems: int, tensor_parallel_size: int = 1,
+                     dp: tuple[int, int] | None = None) -> tuple[list[list[Sample]], float]:
     """gen.n samples per prompt, and the seconds spent sampling. Prompts are cut into shards of about
     shard_problems (a whole number of HF batches, so the samples equal one call's); each finished
-    shard is written whole into work_dir and skipped on a rerun. Without work_dir: one shard, in memory."""
+    shard is written whole into work_dir and skipped on a rerun. Without work_dir: one shard, in memory.
+    With dp=(rank, size): only the shards whose index is rank modulo size, and nothing is returned."""
     engine: Engine | None = None
     if work_dir is None:
-        engine = Engine(model, gen, seed)
+        engine = Engine(model, gen, seed, tensor_parallel_size)
         t0 = time.time()
         return engine.generate(prompts, gen.n, seed), time.time() - t0
     per_batch = max(1, gen.batch_size // gen.n)  # Engine.prompts_per_batch, known before loading the model
@@ -122,15 +131,19 @@ def sample_in_shards(model: str, prompts: list[str], gen: GenerationConfig, seed
     work.mkdir(parents=True, exist_ok=True)
     out: list[list[Sample]] = []
     wall = 0.0
-    for start in range(0, len(prompts), size):
+    for index, start in enumerate(range(0, len(prompts), size)):
+        if dp is not None and index % dp[1] != dp[0]:
+            continue
         path = work / f"samples-{start:06d}-{min(start + size, len(prompts)):06d}.jsonl"
         if not path.is_file():
-            engine = engine or Engine(model, gen, seed)
+            engine = engine or Engine(model, gen, seed, tensor_parallel_size)
             t0 = time.time()
             rows = engine.generate(prompts[start : start + size], gen.n, seed, first_chunk=start // per_batch)
             took = time.time() - t0
             write_jsonl_atomic(path, [dict(seconds=took if i == 0 else 0.0, samples=[s.__dict__ for s in row])
                                       for i, row in enumerate(rows)])
+        if dp is not None:
+            continue
         rows = read_jsonl(path)
         wall += sum(r["seconds"] for r in rows)
         out.extend([Sample(**s) for s in r["samples"]] for r in rows)
@@ -159,11 +172,17 @@ def _parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="directory for finished sample shards (a rerun resumes from them)")
     ap.add_argument("--shard-problems", type=int, default=32, help="problems per shard with --work")
+    ap.add_argument("--tp", type=int, default=1, help="vLLM tensor-parallel size (GPUs per engine)")
+    ap.add_argument("--dp-size", type=int, default=1, help="data-parallel engines, one process each (needs --work)")
+    ap.add_argument("--dp-rank", type=int, help=argparse.SUPPRESS)  # set for the worker processes
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = _parse_args(argv)
+    if a.dp_size > 1 and not a.work:
+        raise SystemExit("error: --dp-size: data parallel sampling needs --work (the shard directory the ranks share)")
     try:
         cfg = load_config(a.config) if a.config else None
         specs = [TaskSpec(name=t, test_size=a.test_size, levels=a.levels, seed=a.task_seed) for t in a.task or []]
@@ -187,8 +206,15 @@ def main(argv=None) -> None:
             tasks.update(build_tasks([TaskSpec(name=t) for t in {p.task for p in problems} - set(tasks)]))
         else:
             problems = problems_for(specs, "test")
+        if a.dp_size > 1 and a.dp_rank is None:  # the ranks sample every shard, then this process assembles
+            from pipeline.procs import run_data_parallel
+
+            run_data_parallel("pipeline.evaluate", argv, a.dp_size, a.tp)
+        dp = (a.dp_rank, a.dp_size) if a.dp_rank is not None else None
         passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap,
-                         a.work, a.shard_problems)
+                         a.work, a.shard_problems, a.tp, dp)
+        if passk is None:
+            return
     except (ValueError, OSError) as e:  # bad input or a failed write (full disk): one line, nothing half-written
         raise SystemExit(f"error: {' '.join(str(e).split())}") from None
     print(passk.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

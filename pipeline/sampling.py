@@ -85,7 +85,7 @@ def sample(model: str, prompts: list[str], n: int, gen: GenerationConfig, seed: 
 class Engine:
     """A loaded model that samples many batches (vLLM starts once, not once per call)."""
 
-    def __init__(self, model: str, gen: GenerationConfig, seed: int = 0):
+    def __init__(self, model: str, gen: GenerationConfig, seed: int = 0, tensor_parallel_size: int = 1):
         self.model, self.gen, self.backend = model, gen, resolve_backend(gen.backend)
         dtype = resolve_dtype(model, gen.dtype)
         if self.backend == "vllm":
@@ -94,7 +94,7 @@ class Engine:
             # generation_config="vllm": the checkpoint's generation_config.json (repetition_penalty, top_k,
             # ...) supplies no defaults; only the config's temperature, top_p and max_tokens apply
             self.llm = LLM(model=model, seed=seed, gpu_memory_utilization=gen.gpu_memory_utilization, dtype=dtype,
-                           generation_config="vllm")
+                           generation_config="vllm", tensor_parallel_size=tensor_parallel_size)
         else:
             import torch
             from transformers import AutoModelForCausalLM

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def shard_path(out_dir: Path, i: int, shards: int) -> Path:
     return Path(out_dir) / f"shard-{i:03d}-of-{shards:03d}.jsonl"
 
 
-def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str | Path, progress=None) -> list[Path]:
-    """Sample cfg.traces.generation.n teacher completions per problem into shard files."""
+def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str | Path, progress=None,
+                    dp: tuple[int, int] | None = None) -> list[Path]:
+    """Sample cfg.traces.generation.n teacher completions per problem into shard files. With
+    dp=(rank, size), only the shards whose index is rank modulo size (a data-parallel rank)."""
     if cfg.teacher_model is None:
         raise ValueError("teacher_model: required to generate traces (a model directory or hub id)")
     out_dir = Path(out_dir)
@@ -36,14 +39,14 @@ def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str
     gen, shards = cfg.traces.generation, cfg.traces.shards
     tasks = build_tasks(cfg.tasks)
     paths = [shard_path(out_dir, i, shards) for i in range(shards)]
-    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    todo = [i for i, p in enumerate(paths) if not p.exists() and (dp is None or i % dp[1] == dp[0])]
     if todo:
         from pipeline.evaluate import check_context
 
         tok = load_tokenizer(cfg.teacher_model)
         check_context(cfg.teacher_model, tok, [tasks[p.task].prompt(p, tok) for p in problems], [p.id for p in problems],
                       gen.max_tokens)
-        engine = Engine(cfg.teacher_model, gen, cfg.seed)
+        engine = Engine(cfg.teacher_model, gen, cfg.seed, cfg.compute.vllm_tensor_parallel_size)
     for done, i in enumerate(todo):
         part = problems[i::shards]
         prompts = [tasks[p.task].prompt(p, tok) for p in part]
@@ -100,12 +103,15 @@ def load_raw(shards: list[Path]) -> pd.DataFrame:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="sample teacher traces into shard files (resumable)")
     g.add_argument("--config", required=True)
     g.add_argument("--problems", required=True, help="JSONL of training problems")
     g.add_argument("--out", required=True, help="shard directory (resumable)")
+    g.add_argument("--dp-rank", type=int, help=argparse.SUPPRESS)  # a data-parallel worker (compute.vllm_data_parallel_size)
+    g.add_argument("--dp-size", type=int, help=argparse.SUPPRESS)
     f = sub.add_parser("filter", help="keep the verified traces: filtered.jsonl and yield.csv")
     f.add_argument("--config", required=True)
     f.add_argument("--problems", required=True, help="JSONL of training problems")
@@ -113,18 +119,26 @@ def main(argv=None) -> None:
     f.add_argument("--out", required=True, help="directory for filtered.jsonl and yield.csv")
     a = ap.parse_args(argv)
     try:
-        _main(a)
+        _main(a, argv)
     except (ValueError, OSError) as e:  # bad input or a failed write (full disk): one line
         raise SystemExit(f"error: {' '.join(str(e).split())}") from None
 
 
-def _main(a) -> None:
+def _main(a, argv: list[str]) -> None:
     cfg = load_config(a.config)
     problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
     if not problems:
         raise SystemExit(f"error: {a.problems}: no problems (expected at least one JSONL row)")
     if a.cmd == "generate":
-        paths = generate_traces(cfg, problems, a.out, progress=lambda msg, pct: print(f"[traces] {msg} ({pct}%)", flush=True))
+        size = cfg.compute.vllm_data_parallel_size
+        if size > 1 and a.dp_rank is None:  # the ranks draw every shard; then the loop below finds none to do
+            from pipeline.procs import run_data_parallel
+
+            run_data_parallel("pipeline.traces", argv, size, cfg.compute.vllm_tensor_parallel_size)
+        dp = (a.dp_rank, a.dp_size) if a.dp_rank is not None else None
+        paths = generate_traces(cfg, problems, a.out, lambda msg, pct: print(f"[traces] {msg} ({pct}%)", flush=True), dp)
+        if dp is not None:
+            return
         print(json.dumps({"shards": [str(p) for p in paths]}))
         return
     raw = load_raw(sorted(Path(a.traces).glob("shard-*.jsonl")))
