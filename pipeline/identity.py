@@ -24,10 +24,16 @@ CHECKER_PACKAGES = ("math-verify", "reasoning-gym", "sympy", "latex2sympy2_exten
 
 
 def model_fingerprint(ref: str | None) -> dict[str, Any] | None:
-    """{"content": sha256 of every file} for a local model directory; {"hub": id, "revision": sha}
-    for a hub id (the revision the hub serves now, else the one in the local cache, else None)."""
+    """{"content": sha256 of every file} for a local model directory; {"gguf": sha256} for a GGUF
+    file; {"hub": id, "revision": sha} for a hub id (the revision the hub serves now, else the one in
+    the local cache, else None)."""
     if ref is None:
         return None
+    from pipeline.convert import gguf_path, is_gguf
+
+    if is_gguf(ref):  # a GGUF file counts by its content, wherever the package installed it
+        f = gguf_path(ref)
+        return {"gguf": _dir_digest(str(f.parent), ((f.name, f.stat().st_size, f.stat().st_mtime_ns),))}
     p = Path(ref).expanduser()
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))

@@ -19,6 +19,11 @@ answers, chain_sum partial credit to answers containing the right one). A few sc
 answer to `eval` or to sympy's `parse_expr` (which evals); for those the answer must first pass
 a syntax whitelist (`answer_is_safe`), so model output is never run as code. Every scorer call is
 bounded by a timeout (tasks/bounded.py).
+
+Answer extraction (option `extraction`): strict, the default, takes the last <answer>...</answer>
+(what the prompt asks for); lenient falls back to the last number in the completion, for a model
+that answers right but never writes the tags (SmolLM2-135M-Instruct: docs/real-lm.md). The
+evaluator records both graders either way.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import ast
 import copy
 import json
 import logging
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -34,11 +40,12 @@ from reasoning_gym.coaching.attributes import RangeAttributeDefinition
 from reasoning_gym.coaching.base_curriculum import DefaultCurriculumContext, RangeAttributeMode
 from reasoning_gym.factory import DATASETS, create_curriculum, has_curriculum
 
-from tasks.base import Problem, Task
+from tasks.base import Problem, Task, extract_tagged
 from tasks.bounded import CheckTimeout, WorkerError, run_bounded
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
+NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")  # as tasks/math.py
 GENERATION_TRIES = 5
 
 # reasoning-gym 0.1.25 scorers that pass the model's answer to sympy's parse_expr (an eval) or to
@@ -66,7 +73,7 @@ def gym_names() -> list[str]:
 
 
 class ReasoningGymTask(Task):
-    OPTIONS = ("config", "level_options", "timeout")
+    OPTIONS = ("config", "level_options", "timeout", "extraction")
 
     def __init__(self, name: str, **options: Any):
         super().__init__(**options)
@@ -82,6 +89,9 @@ class ReasoningGymTask(Task):
                 raise ValueError(f"task {name}: option config.{reserved}: set by the task (use the split seed)")
         self.level_options = {int(k): dict(v) for k, v in (options.get("level_options") or {}).items()}
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
+        self.extraction = options.get("extraction", "strict")
+        if self.extraction not in ("strict", "lenient"):
+            raise ValueError(f"task {name}: option extraction: expected 'strict' or 'lenient', got {self.extraction!r}")
         self._configs: dict[int | None, dict[str, Any]] = {}
         self.level_config(None)  # a bad `config` fails here, not halfway through a run
 
@@ -135,8 +145,20 @@ class ReasoningGymTask(Task):
         return entry["question"], str(entry["answer"]), meta
 
     # ---- checking ---------------------------------------------------------------------------
-    def verify(self, problem: Problem, completion: str) -> bool:
-        answer = self.extract(completion)
+    def extract(self, completion: str, lenient: bool | None = None) -> str | None:
+        """The last <answer>...</answer>; with extraction=lenient, else the last number (as the math
+        task's lenient mode: for a model that answers right but ignores the tag format)."""
+        tagged = extract_tagged(completion)
+        if tagged is not None or not (self.extraction == "lenient" if lenient is None else lenient):
+            return tagged
+        numbers = NUMBER_RE.findall(completion)
+        return numbers[-1].replace(",", "") if numbers else None
+
+    def verify_lenient(self, problem: Problem, completion: str) -> bool:
+        return self.verify(problem, completion, lenient=True)
+
+    def verify(self, problem: Problem, completion: str, lenient: bool | None = None) -> bool:
+        answer = self.extract(completion, lenient)
         if answer is None:
             return False
         entry = self.scoring_entry(problem)

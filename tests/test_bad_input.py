@@ -242,3 +242,12 @@ def test_a_full_disk_fails_the_write_with_one_line_and_leaves_nothing_half_writt
     res = evaluator(tmp_path, f, "--n", "8", "--max-tokens", "64", preexec=limit)
     one_line_exit(res, "File too large")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("package:no_such_pkg/model.gguf", "base_model: package:no_such_pkg/model.gguf: Python package 'no_such_pkg' is not installed"),
+    ("package:pipeline/missing.gguf", "GGUF file"),
+    ("/nonexistent/model.gguf", "GGUF file /nonexistent/model.gguf not found (expected a .gguf file or package:<package>/<file>.gguf)"),
+])
+def test_bad_gguf_references(tmp_path, ref, expected):
+    one_line_config_error(smoke_with(tmp_path, base_model=ref), expected)

@@ -318,3 +318,16 @@ def test_logic_rl_reward_values(gym_problems):
     assert plain.reward(p, tagged(right)) == 1.0 and plain.reward(p, tagged(wrong)) == 0.0
     with pytest.raises(ValueError, match="option reward: expected one of"):
         get_task("knights_knaves", reward="shaped")
+
+
+def test_gym_lenient_extraction_takes_the_last_number():
+    from tasks import get_task
+
+    strict, lenient = get_task("chain_sum"), get_task("chain_sum", extraction="lenient")
+    p = strict.problems("test", 1, seed=0, levels=[0])[0]
+    plain = f"Adding them up, the final answer is {p.answer}."
+    assert not strict.verify(p, plain) and strict.verify_lenient(p, plain)  # the evaluator records both graders
+    assert lenient.verify(p, plain) and not lenient.verify(p, f"It is {int(p.answer) + 1}.")
+    assert lenient.verify(p, f"<answer>{p.answer}</answer> and 12345")  # tags still win
+    with pytest.raises(ValueError, match="option extraction: expected 'strict' or 'lenient', got 'loose'"):
+        get_task("chain_sum", extraction="loose")
