@@ -31,7 +31,6 @@ import ast
 import copy
 import json
 import logging
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -40,12 +39,12 @@ from reasoning_gym.coaching.attributes import RangeAttributeDefinition
 from reasoning_gym.coaching.base_curriculum import DefaultCurriculumContext, RangeAttributeMode
 from reasoning_gym.factory import DATASETS, create_curriculum, has_curriculum
 
-from tasks.base import Problem, Task, extract_tagged
+from tasks.base import Problem, extract_tagged
+from tasks.lenient import LenientExtraction
 from tasks.bounded import CheckTimeout, WorkerError, run_bounded
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
-NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")  # as tasks/math.py
 GENERATION_TRIES = 5
 
 # reasoning-gym 0.1.25 scorers that pass the model's answer to sympy's parse_expr (an eval) or to
@@ -72,7 +71,7 @@ def gym_names() -> list[str]:
     return list(_names())
 
 
-class ReasoningGymTask(Task):
+class ReasoningGymTask(LenientExtraction):
     OPTIONS = ("config", "level_options", "timeout", "extraction")
 
     def __init__(self, name: str, **options: Any):
@@ -89,9 +88,7 @@ class ReasoningGymTask(Task):
                 raise ValueError(f"task {name}: option config.{reserved}: set by the task (use the split seed)")
         self.level_options = {int(k): dict(v) for k, v in (options.get("level_options") or {}).items()}
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
-        self.extraction = options.get("extraction", "strict")
-        if self.extraction not in ("strict", "lenient"):
-            raise ValueError(f"task {name}: option extraction: expected 'strict' or 'lenient', got {self.extraction!r}")
+        self.set_extraction(name, options.get("extraction", "strict"))
         self._configs: dict[int | None, dict[str, Any]] = {}
         self.level_config(None)  # a bad `config` fails here, not halfway through a run
 
@@ -146,16 +143,9 @@ class ReasoningGymTask(Task):
 
     # ---- checking ---------------------------------------------------------------------------
     def extract(self, completion: str, lenient: bool | None = None) -> str | None:
-        """The last <answer>...</answer>; with extraction=lenient, else the last number (as the math
-        task's lenient mode: for a model that answers right but ignores the tag format)."""
+        """The last <answer>...</answer>; leniently (tasks/lenient.py), else the last number."""
         tagged = extract_tagged(completion)
-        if tagged is not None or not (self.extraction == "lenient" if lenient is None else lenient):
-            return tagged
-        numbers = NUMBER_RE.findall(completion)
-        return numbers[-1].replace(",", "") if numbers else None
-
-    def verify_lenient(self, problem: Problem, completion: str) -> bool:
-        return self.verify(problem, completion, lenient=True)
+        return tagged if tagged is not None or not self.lenient_on(lenient) else self.last_number(completion)
 
     def verify(self, problem: Problem, completion: str, lenient: bool | None = None) -> bool:
         answer = self.extract(completion, lenient)

@@ -34,12 +34,12 @@ from math_verify import parse
 from math_verify import verify as mv_verify
 
 from tasks import register
-from tasks.base import SPLITS, Problem, Task, extract_tagged
+from tasks.base import SPLITS, Problem, extract_tagged
 from tasks.bounded import CheckTimeout, WorkerError, run_bounded
+from tasks.lenient import LenientExtraction
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
-NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")  # a word, not a LaTeX command
 LEVEL_RE = re.compile(r"(\d+)")
 
@@ -55,7 +55,7 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 @register("math")
-class MathTask(Task):
+class MathTask(LenientExtraction):
     name = "math"
     OPTIONS = ("train_file", "test_file", "dataset", "dataset_config", "train_split", "test_split", "timeout",
                "extraction")
@@ -66,9 +66,7 @@ class MathTask(Task):
         if unknown:
             raise ValueError(f"task math: unknown option {unknown[0]!r} (expected one of {list(self.OPTIONS)})")
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
-        self.extraction = options.get("extraction", "strict")
-        if self.extraction not in ("strict", "lenient"):
-            raise ValueError(f"task math: option extraction: expected 'strict' or 'lenient', got {self.extraction!r}")
+        self.set_extraction("math", options.get("extraction", "strict"))
         self._pools: dict[str, list[Problem]] = {}
 
     # ---- problems -------------------------------------------------------------------------
@@ -124,13 +122,7 @@ class MathTask(Task):
         boxed = last_boxed(completion)
         if boxed is not None:
             return boxed
-        if not (self.extraction == "lenient" if lenient is None else lenient):
-            return None
-        numbers = NUMBER_RE.findall(completion)
-        return numbers[-1].replace(",", "") if numbers else None
-
-    def verify_lenient(self, problem: Problem, completion: str) -> bool:
-        return self.verify(problem, completion, lenient=True)
+        return self.last_number(completion) if self.lenient_on(lenient) else None
 
     def verify(self, problem: Problem, completion: str, lenient: bool | None = None) -> bool:
         pred = self.extract(completion, lenient)
