@@ -85,6 +85,23 @@ def _check_safetensors(path: Path) -> None:
         raise ValueError(f"{path}: truncated ({size} bytes; its header says {8 + n + end})")
 
 
+def tokenizer_mismatch(a: str, b: str) -> str | None:
+    """Why two local model directories do not share a tokenizer (vocab_size, or the vocabulary in
+    tokenizer.json), or None. Hub ids and GGUF files are not read here (TRL checks vocab_size when
+    it loads them)."""
+    da, db = Path(a).expanduser(), Path(b).expanduser()
+    if not (da.is_dir() and db.is_dir()):
+        return None
+    va, vb = (json.loads((d / "config.json").read_text()).get("vocab_size") for d in (da, db))
+    if va != vb:
+        return f"vocab_size {va} vs {vb}"
+    ta, tb = da / "tokenizer.json", db / "tokenizer.json"
+    if ta.is_file() and tb.is_file():
+        if json.loads(ta.read_text()).get("model") != json.loads(tb.read_text()).get("model"):
+            return f"{ta} and {tb} have different vocabularies"
+    return None
+
+
 class TaskSpec(Strict):
     name: str
     # the spec's identity in the study (default: name); needed when two specs share a family,
@@ -132,6 +149,7 @@ class TracesConfig(Strict):
 
 
 class SFTConfig(Strict):
+    enabled: bool = True  # the arm runs when there is a teacher; false leaves it out of the study
     learning_rate: float = Field(5e-4, gt=0)
     num_train_epochs: float = Field(2.0, gt=0)
     max_steps: int = -1
@@ -142,10 +160,16 @@ class SFTConfig(Strict):
     lr_scheduler_type: str = "cosine"
     logging_steps: int = Field(5, ge=1)
     bf16: bool = False
+    # the SFT data-size axis: train on a seeded subset of this many verified traces (null: all of them)
+    max_traces: int | None = Field(None, ge=1)
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig as is")
 
 
 class RLConfig(Strict):
+    # grpo: trl.GRPOTrainer with `loss_type`; rloo: trl.RLOOTrainer (leave-one-out baseline; loss_type,
+    # top_entropy_quantile and entropy_coef are GRPOTrainer's and do not apply)
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    enabled: bool = True  # false leaves the RL arm out of the study (e.g. an SFT data-size sweep)
     num_generations: int = Field(8, ge=2)
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     beta: float = Field(0.0, ge=0)
@@ -166,11 +190,30 @@ class RLConfig(Strict):
     pass_rate_filter: bool = False
     filter_samples: int = Field(8, ge=2)
     curriculum: bool = False  # train in order of difficulty level (no shuffling), as in Logic-RL
-    top_entropy_quantile: float = Field(1.0, gt=0, le=1)
+    top_entropy_quantile: float = Field(1.0, gt=0, le=1)  # 0.2: the policy gradient on the top-20% entropy tokens only
+    entropy_coef: float = Field(0.0, ge=0)  # an entropy bonus in the GRPO loss
+    # one-shot RLVR: one training problem, repeated to fill every batch. It is the problem with the
+    # highest variance of the base's pass rate p(1-p) in the RL prompt filter (needs pass_rate_filter)
+    one_shot: bool = False
+    # models saved at i/(snapshots+1) of max_steps, i = 1..snapshots, each evaluated like the final one
+    # (the training-length table: 2 gives 1/3, 2/3 and the end)
+    snapshots: int = Field(0, ge=0)
     reward: Literal["verify", "logic_rl"] = "verify"
     logging_steps: int = Field(5, ge=1)
     bf16: bool = False
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig as is")
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig (or RLOOConfig) as is")
+
+    @model_validator(mode="after")
+    def grpo_only_fields(self):
+        if self.algorithm == "rloo":
+            if self.top_entropy_quantile < 1 or self.entropy_coef > 0:
+                raise ValueError("top_entropy_quantile and entropy_coef are GRPO options (trl.GRPOConfig); "
+                                 "expected algorithm: grpo, or leave them at 1.0 and 0.0 for rloo")
+        if self.one_shot and not self.pass_rate_filter:
+            raise ValueError("one_shot picks its problem from the base's pass rates; expected pass_rate_filter: true")
+        if self.snapshots >= self.max_steps:
+            raise ValueError(f"snapshots={self.snapshots} needs max_steps > snapshots (got max_steps={self.max_steps})")
+        return self
 
     @model_validator(mode="after")
     def batch_divisible(self):
@@ -181,6 +224,27 @@ class RLConfig(Strict):
                 f"num_generations={self.num_generations}"
             )
         return self
+
+
+class DistillConfig(Strict):
+    """The on-policy distillation arm (trl.DistillationTrainer): the student (the base) samples
+    completions of the training prompts and is trained toward the teacher's next-token distribution
+    on them. Needs a teacher with the student's tokenizer."""
+
+    enabled: bool = False
+    beta: float = Field(1.0, ge=0, le=1)  # TRL's generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: str = "linear"
+    max_steps: int = Field(100, ge=1)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_completion_length: int = Field(256, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    bf16: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.DistillationConfig as is")
 
 
 class EvalConfig(Strict):
@@ -286,6 +350,9 @@ class ComputeConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[\w.-]+$")
+    # a sweep member's study: members share runs/<study>/ (and so every stage they have in common) and
+    # one MLflow experiment; set by pipeline.run's sweep expansion. None: the study is `name` itself
+    study: str | None = Field(None, pattern=r"^[\w.-]+$")
     seed: int = 0
     base_model: str
     teacher_model: str | None = None
@@ -293,6 +360,7 @@ class ExperimentConfig(Strict):
     traces: TracesConfig = TracesConfig()
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
+    distill: DistillConfig = DistillConfig()
     eval: EvalConfig = EvalConfig()
     health: HealthConfig = HealthConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -345,9 +413,32 @@ class ExperimentConfig(Strict):
             cur = getattr(cur, part)
         return cur
 
+    @model_validator(mode="after")
+    def _distill_needs_teacher(self):
+        if self.distill.enabled:
+            if self.teacher_model is None:
+                raise ValueError("distill.enabled needs a teacher_model (its token distribution is the target)")
+            why = tokenizer_mismatch(self.base_model, self.teacher_model)
+            if why:
+                raise ValueError(f"distill.enabled: the base and the teacher do not share a tokenizer ({why}); "
+                                 f"on-policy distillation compares next-token distributions over one vocabulary")
+        return self
+
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """Where the study's stages live: runs/<study>/<stage>-<hash>/, shared by a sweep's members."""
+        return Path(self.output_dir) / (self.study or self.name)
+
+    @property
+    def member_dir(self) -> Path:
+        """This experiment's own outputs (its report): the study directory itself, or for a sweep
+        member runs/<study>/members/<name>/."""
+        return self.run_dir if self.study is None else self.run_dir / "members" / self.name
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment: one per study, so a sweep's members sit side by side in one table."""
+        return self.tracking.experiment or self.study or self.name
 
 
 def _dump(v: Any) -> Any:

@@ -1,6 +1,6 @@
-"""The Luigi DAG: Problems -> GenerateTeacherTraces -> FilterTraces -> TrainSFT
-                                  Problems -> TrainRL            (SFT and RL in parallel)
-          Evaluate(base | teacher | sft | rl) -> Perplexity -> Report
+"""The Luigi DAG: Problems -> GenerateTeacherTraces -> FilterTraces -> Train(sft)
+                                  Problems [-> FilterRLProblems] -> Train(rl), Train(distill)   (in parallel)
+          Evaluate(base | teacher | every arm [| its snapshots]) -> Perplexity -> Report
 
     luigi --module pipeline.dag Report --config configs/tiny.yaml --local-scheduler --workers 2
 
@@ -24,16 +24,15 @@ import pandas as pd
 import yaml
 
 from pipeline import tracking
+from pipeline.arms import Arm, arms, enabled_arms, get_arm, is_arm
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.convert import is_gguf
 from pipeline.io import Terminated, atomic_dir, is_complete, read_jsonl, sigterm_raises, stage_lock, write_jsonl
 from pipeline.procs import run_stage_process
-from pipeline.train_common import LOG_HISTORY_FILE
+from pipeline.train_common import LOG_HISTORY_FILE, SNAPSHOTS, snapshot_steps
 from tasks import Problem, problems_for
 
-MODELS = ("base", "teacher", "sft", "rl")
 WORK_SUFFIXES = (".shards", ".ckpt")  # Stage.work_dir: resume points, removed once the stage completes
-TRAINED = ("sft", "rl")
 # the eval fields that decide the samples and the pass@k table; the rest (perplexity_subset,
 # entropy_temperature, include_teacher, gpu_memory_utilization) are read by other stages or change nothing
 EVAL_SAMPLING = tuple(f"eval.{f}" for f in ("n", "ks", "temperature", "top_p", "max_tokens", "backend", "batch_size",
@@ -47,6 +46,13 @@ class Stage(luigi.Task):
     stage = "stage"
     sections: tuple[str, ...] = ()  # config parts this stage reads
     reads_models: tuple[str, ...] = ()  # model references its process loads ("base_model", "teacher_model")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # One directory, one task: Luigi knows a task by its id, so two sweep members' instances of a
+        # stage they share (same key, same directory, different `overrides`) are one task, run once.
+        self.task_id = luigi.task.task_id_str(self.get_task_family(), {"dir": str(self.out_dir)})
+        self._Task__hash = hash(self.task_id)
 
     @cached_property
     def cfg(self) -> ExperimentConfig:
@@ -267,36 +273,6 @@ class FilterTraces(Stage):
         return {"kept_traces": len(kept)}
 
 
-class TrainStage(Stage):
-    """A training stage: `python -m <module>` (or `accelerate launch`) on one input file, then the model."""
-
-    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
-    resources = property(lambda self: _gpu(self.cfg))
-    reads_models = ("base_model",)
-    module = input_flag = input_key = input_file = ""
-
-    def execute(self, tmp, run_id):
-        self.subprocess(self.module, ["--config", str(tmp / "config.yaml"), self.input_flag,
-                        f"{self.input()[self.input_key].path}/{self.input_file}", "--out", str(tmp / "model"),
-                        "--checkpoints", str(self.work_dir(".ckpt"))],
-                        run_id, devices=getattr(self.cfg.compute, f"{self.stage}_devices"), train=True)
-        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
-        return {"model": str(self.out_dir / "model")}
-
-
-class TrainSFT(TrainStage):
-    stage, sections = "sft", ("base_model", "sft", "seed", "compute.num_processes")
-    module, input_flag, input_key, input_file = "pipeline.sft", "--traces", "filtered", "filtered.jsonl"
-
-    def upstream(self):
-        return {"filtered": FilterTraces(self.config, self.overrides)}
-
-    def lineage(self):
-        traces = GenerateTeacherTraces(self.config, self.overrides)
-        return {**super().lineage(), "base_model": self.cfg.base_model, "teacher_model": self.cfg.teacher_model,
-                "traces_run_id": stage_info(traces.out_dir).get("run_id")}
-
-
 class FilterRLProblems(Stage):
     """The RL training problems the base solves sometimes: the evaluator samples the base on the
     train split (rl.filter_samples rollouts per problem, at the rollout temperature) and the
@@ -339,23 +315,65 @@ class FilterRLProblems(Stage):
         return {"kept_problems": len(kept), "base_train_accuracy": float(levels["rate"].mean())}
 
 
-class TrainRL(TrainStage):
-    stage, sections = "rl", ("base_model", "rl", "seed", "compute.num_processes")
-    module, input_flag, input_key, input_file = "pipeline.rl", "--problems", "problems", "train.jsonl"
+class Train(Stage):
+    """One trained arm (pipeline.arms: sft, rl, distill, ...): `python -m <arm module>` (or
+    `accelerate launch`) on its training input, from the base. Its identity: the base, its own config
+    section, the seed, the process count, its input's identity, and the teacher when it loads one."""
+
+    arm = luigi.Parameter(description="the arm to train: " + ", ".join(arms()))
+    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
+    resources = property(lambda self: _gpu(self.cfg))
+
+    @property
+    def spec(self) -> Arm:
+        return get_arm(self.arm)
+
+    @property
+    def stage(self) -> str:
+        return self.arm
+
+    @property
+    def sections(self):
+        return ("base_model", self.arm, "seed", "compute.num_processes") + (("teacher_model",) if self.spec.reads_teacher else ())
+
+    @property
+    def reads_models(self):
+        return ("base_model",) + (("teacher_model",) if self.spec.reads_teacher else ())
 
     def upstream(self):
+        if self.spec.data == "traces":
+            return {"data": FilterTraces(self.config, self.overrides)}
         source = FilterRLProblems if self.cfg.rl.pass_rate_filter else Problems
-        return {"problems": source(self.config, self.overrides)}
+        return {"data": source(self.config, self.overrides)}
+
+    def data_file(self) -> str:
+        return self.input()["data"].path + ("/filtered.jsonl" if self.spec.data == "traces" else "/train.jsonl")
 
     def lineage(self):
-        return {**super().lineage(), "base_model": self.cfg.base_model}
+        up = {**super().lineage(), "base_model": self.cfg.base_model}
+        if self.spec.data == "traces" or self.spec.reads_teacher:
+            up["teacher_model"] = self.cfg.teacher_model
+        if self.spec.data == "traces":
+            up["traces_run_id"] = stage_info(GenerateTeacherTraces(self.config, self.overrides).out_dir).get("run_id")
+        return up
 
     def execute(self, tmp, run_id):
-        extra = self.cfg.rl.extra
-        if not (extra.get("use_vllm") and extra.get("vllm_mode") == "server"):
-            return super().execute(tmp, run_id)
-        # GRPO rollouts from a vLLM server that this stage starts on compute.rl_server_devices and stops
-        # when training ends; the trainer reaches it on a free port, and syncs weights on another
+        extra = self.cfg.get(self.arm).extra
+        if extra.get("use_vllm") and extra.get("vllm_mode") == "server":
+            return self.with_vllm_server(tmp, run_id, extra)
+        return self.train(tmp, run_id)
+
+    def train(self, tmp, run_id):
+        flag = "--traces" if self.spec.data == "traces" else "--problems"
+        self.subprocess(self.spec.module, ["--config", str(tmp / "config.yaml"), flag, self.data_file(),
+                        "--out", str(tmp / "model"), "--checkpoints", str(self.work_dir(".ckpt"))],
+                        run_id, devices=getattr(self.cfg.compute, f"{self.arm}_devices", None), train=True)
+        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
+        return {"model": str(self.out_dir / "model"), "arm": self.arm}
+
+    def with_vllm_server(self, tmp, run_id, extra):
+        """Rollouts from a vLLM server that this stage starts on compute.rl_server_devices and stops
+        when training ends; the trainer reaches it on a free port, and syncs weights on another."""
         from pipeline.procs import free_port, managed_server, vllm_server_command
 
         c, port = self.cfg.compute, free_port()
@@ -365,56 +383,66 @@ class TrainRL(TrainStage):
         if c.rl_server_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = c.rl_server_devices
         server_extra = {**extra, "vllm_server_base_url": f"http://127.0.0.1:{port}", "vllm_group_port": free_port()}
-        cfg = self.stage_config().model_copy(update={"rl": self.cfg.rl.model_copy(update={"extra": server_extra})})
+        section = self.cfg.get(self.arm).model_copy(update={"extra": server_extra})
+        cfg = self.stage_config().model_copy(update={self.arm: section})
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         with managed_server(cmd, f"http://127.0.0.1:{port}/health", self.log_path.with_suffix(".server.log"), env):
-            return super().execute(tmp, run_id)
+            return self.train(tmp, run_id)
 
 
 class Evaluate(Stage):
-    model = luigi.ChoiceParameter(choices=MODELS, description="which model to evaluate")
+    model = luigi.Parameter(description="which model to evaluate: base, teacher or an arm (sft, rl, distill, ...)")
+    step = luigi.IntParameter(default=0, description="an arm's snapshot at this training step (0: the final model)")
     stage, sections = "eval", EVAL_SAMPLING + ("seed",)
     resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
         up = {"problems": Problems(self.config, self.overrides)}
-        trained = {"sft": TrainSFT, "rl": TrainRL}.get(self.model)
-        if trained:
-            up["model"] = trained(self.config, self.overrides)
+        if is_arm(self.model):
+            up["model"] = Train(self.config, self.overrides, arm=self.model)
+        elif self.model not in ("base", "teacher"):
+            raise SystemExit(f"error: Evaluate: model {self.model!r} is not base, teacher or an arm {sorted(arms())}")
         return up
 
     @cached_property
     def key(self) -> str:
         ref = {"base": "base_model", "teacher": "teacher_model"}.get(self.model)
         sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.identity)
-        return self.cfg.section_hash(*sections, extra=[self.model, {k: t.key for k, t in self.upstream().items()}])
+        name = self.model if not self.step else [self.model, self.step]
+        return self.cfg.section_hash(*sections, extra=[name, {k: t.key for k, t in self.upstream().items()}])
 
     @property
     def reads_models(self):
         return {"base": ("base_model",), "teacher": ("teacher_model",)}.get(self.model, ())
 
     @property
+    def name(self) -> str:
+        """The model's name in tables: `rl`, or `rl@50` for its snapshot at step 50."""
+        return f"{self.model}@{self.step}" if self.step else self.model
+
+    @property
     def run_name(self) -> str:
-        return f"eval-{self.model}"
+        return f"eval-{self.model}" + (f"-step{self.step}" if self.step else "")
 
     @property
     def out_dir(self) -> Path:
-        return self.cfg.run_dir / f"eval-{self.model}-{self.key}"
+        return self.cfg.run_dir / f"{self.run_name}-{self.key}"
 
     def model_path(self) -> str:
-        if self.model in ("sft", "rl"):
-            return self.input()["model"].path + "/model"
+        if is_arm(self.model):
+            model = self.input()["model"].path + "/model"
+            return model + f"/{SNAPSHOTS}/step-{self.step}" if self.step else model
         return self.model_ref("base_model" if self.model == "base" else "teacher_model")
 
     def lineage(self):
-        return {**super().lineage(), "model": self.model, "model_path": self.model_path(),
+        return {**super().lineage(), "model": self.name, "model_path": self.model_path(),
                 "base_model": self.cfg.base_model,
-                **({"teacher_model": self.cfg.teacher_model} if self.model in ("sft", "teacher") else {})}
+                **({"teacher_model": self.cfg.teacher_model} if self.model != "base" else {})}
 
     def execute(self, tmp, run_id):
         ev = self.cfg.eval
         self.subprocess("pipeline.evaluate", ["--config", str(tmp / "config.yaml"), "--model", self.model_path(),
-                        "--name", self.model, "--problems", self.input()["problems"].path + "/test.jsonl",
+                        "--name", self.name, "--problems", self.input()["problems"].path + "/test.jsonl",
                         "--seed", str(self.cfg.seed), "--out", str(tmp / "eval"), *self.eval_args()], run_id,
                         devices=self.cfg.compute.eval_devices)
         for f in (tmp / "eval").iterdir():
@@ -425,7 +453,7 @@ class Evaluate(Stage):
         metrics += [(f"pass_at_{r.k}", r.pass_at_k, 0) for r in passk.itertuples()]
         tracking.log(self.cfg, run_id, params=tracking.flat_params(ev.model_dump(mode="json"), "eval."),
                      metrics=metrics, artifacts=[tmp / "passk.csv", tmp / "per_problem.csv", tmp / "summary.json"])
-        return {"model": self.model, "model_path": self.model_path()}
+        return {"model": self.name, "model_path": self.model_path()}
 
 
 class Perplexity(Stage):
@@ -454,11 +482,20 @@ class Perplexity(Stage):
 
 
 def report_models(cfg: ExperimentConfig) -> list[str]:
-    """The models a study compares: without a teacher there are no traces, so no SFT arm (the
-    report says so)."""
-    if cfg.teacher_model is None:
-        return ["base", "rl"]
-    return [m for m in MODELS if m != "teacher" or cfg.eval.include_teacher]
+    """The models a study compares: the base, the teacher (eval.include_teacher) and every enabled
+    arm; without a teacher there are no traces, so no SFT arm (the report says so)."""
+    teacher = ["teacher"] if cfg.teacher_model is not None and cfg.eval.include_teacher else []
+    return ["base", *teacher, *enabled_arms(cfg)]
+
+
+def snapshot_evals(cfg: ExperimentConfig, config: str, overrides) -> dict[str, "Evaluate"]:
+    """Evaluations of every enabled arm's training snapshots (`<arm>.snapshots`), keyed `arm@step`."""
+    out = {}
+    for arm in enabled_arms(cfg):
+        section = cfg.get(arm)
+        for step in snapshot_steps(section.max_steps, getattr(section, "snapshots", 0)):
+            out[f"{arm}@{step}"] = Evaluate(config, overrides, model=arm, step=step)
+    return out
 
 
 class Report(Stage):
@@ -466,13 +503,14 @@ class Report(Stage):
 
     def upstream(self):
         up = {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
+        up.update(snapshot_evals(self.cfg, self.config, self.overrides))
         if self.cfg.eval.perplexity_subset:
             up["perplexity"] = Perplexity(self.config, self.overrides)
         return up
 
     @property
     def out_dir(self) -> Path:
-        return self.cfg.run_dir / "report"
+        return self.cfg.member_dir / "report"
 
     def complete(self) -> bool:  # fixed path: complete only if built from the current inputs
         return is_complete(self.out_dir) and stage_info(self.out_dir).get("key") == self.key
@@ -480,11 +518,17 @@ class Report(Stage):
     def execute(self, tmp, run_id):
         from pipeline.report import write_report
 
-        evals = {m: Path(t.path) for m, t in self.input().items() if m != "perplexity"}
+        models = report_models(self.cfg)
+        evals = {m: Path(self.input()[m].path) for m in models}
+        snapshots = {m: Path(t.path) for m, t in self.input().items() if "@" in m}
         ppl = Path(self.input()["perplexity"].path) if "perplexity" in self.input() else None
-        trained = {m: Path(stage_info(d)["model_path"]) for m, d in evals.items() if m in TRAINED}
+        trained = {m: Path(stage_info(d)["model_path"]) for m, d in evals.items() if is_arm(m)}
         logs = {m: p / LOG_HISTORY_FILE for m, p in trained.items()}
-        result = write_report(self.cfg, evals, tmp, ppl, logs)
+        result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots)
+        (tmp / "models.json").write_text(json.dumps({m: {
+            "eval_dir": str(d), "model_path": stage_info(d).get("model_path"),
+            "train_metrics": json.loads((trained[m] / "train_metrics.json").read_text()) if m in trained else {}}
+            for m, d in evals.items()}, indent=2))
         for m, h in result["health"].items():  # the health figures on the arm's own run
             arm_run = stage_info(trained[m].parent).get("run_id")
             if arm_run:
@@ -500,6 +544,60 @@ class Report(Stage):
         tracking.end_stage(self.cfg, parent)
         print((tmp / "report.md").read_text())
         return {"verdicts": result["verdicts"]}
+
+
+class Study(luigi.Task):
+    """A sweep (pipeline.sweep): every member's Report, then the study's tables in runs/<study>/report/.
+
+        luigi --module pipeline.dag Study --sweep configs/sweeps/algorithms.yaml --local-scheduler --workers 2
+    """
+
+    sweep = luigi.Parameter(default="", description="a sweep preset, e.g. configs/sweeps/algorithms.yaml")
+    spec = luigi.DictParameter(default={}, description="an expanded sweep (pipeline.run builds it from --sweep)")
+
+    @cached_property
+    def plan(self):
+        from pipeline.sweep import Sweep, load_sweep
+
+        try:
+            return Sweep.from_spec(_thaw(self.spec)) if self.spec else load_sweep(self.sweep)
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
+
+    def requires(self):
+        return {m.name: Report(self.plan.config, m.overrides) for m in self.plan.members}
+
+    @cached_property
+    def cfg(self) -> ExperimentConfig:  # the study's settings: its first member's
+        return self.requires()[self.plan.members[0].name].cfg
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.run_dir / "report"
+
+    @cached_property
+    def key(self) -> str:
+        reports = {n: r.key for n, r in self.requires().items()}
+        return self.cfg.section_hash(extra=[reports, self.plan.tables, [m.values for m in self.plan.members]])
+
+    def output(self):
+        return luigi.LocalTarget(str(self.out_dir))
+
+    def complete(self) -> bool:
+        return is_complete(self.out_dir) and stage_info(self.out_dir).get("key") == self.key
+
+    def run(self):
+        from pipeline.study import write_study_report
+
+        with stage_lock(self.cfg.run_dir, "study-report"), sigterm_raises():
+            if self.complete():
+                return
+            reports = {n: Path(r.out_dir) for n, r in self.requires().items()}
+            with atomic_dir(self.out_dir) as tmp:
+                result = write_study_report(self.plan, reports, tmp)
+                (tmp / "stage.json").write_text(json.dumps({"stage": "study", "key": self.key, **result}, indent=2))
+            tracking.log_study(self.cfg, self.plan, reports, self.out_dir)
+            print((self.out_dir / "report.md").read_text())
 
 
 def load_problems(problems_dir: str | Path, split: str) -> list[Problem]:

@@ -43,15 +43,17 @@ def series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[flo
     return [int(r.get("step", i)) for i, r in enumerate(rows)], [float(r[key]) for r in rows]
 
 
-def check_arm(history: list[dict[str, Any]], kind: str, min_gain: float = 0.05, n_boot: int = 2000,
+def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_gain: float = 0.05, n_boot: int = 2000,
               seed: int = 0) -> dict[str, Any]:
     """The health of one arm: its training metric's first and last windows, their difference with a
     95% bootstrap CI, and `learned`: the CI lies above zero and the gain is at least `min_gain` (a
-    detectable but negligible rise, 0.03 → 0.05, is not a run that learned). `kind` is "rl" or "sft"."""
-    metric = next((m for m in TRAINING_METRIC[kind] if series(history, m)[1]), None)
+    detectable but negligible rise, 0.03 → 0.05, is not a run that learned). `kind` is "rl" or "sft",
+    or the arm's own metrics in order of preference (pipeline.arms.Arm.health_metrics)."""
+    candidates = TRAINING_METRIC[kind] if isinstance(kind, str) else tuple(kind)
+    metric = next((m for m in candidates if series(history, m)[1]), None)
     if metric is None:
         return dict(kind=kind, metric=None, learned=False, points=0,
-                    reason=f"no {'/'.join(TRAINING_METRIC[kind])} in the log history")
+                    reason=f"no {'/'.join(candidates)} in the log history")
     steps, values = series(history, metric)
     # each window needs two points at least: a bootstrap CI of a single value has no spread, and
     # called a 3-step run that went 0.0 -> 0.625 "learned"
@@ -82,11 +84,12 @@ def describe(arm: str, h: dict[str, Any]) -> str:
             f"({h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}])")
 
 
-def plot_arm(history: list[dict[str, Any]], kind: str, path: str | Path, title: str) -> Path | None:
-    """The arm's logged curves, one small panel each, in one PNG; None if nothing was logged."""
+def plot_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], path: str | Path, title: str) -> Path | None:
+    """The arm's logged curves (CURVES[kind], or the names given), one small panel each, in one PNG;
+    None if nothing was logged."""
     from pipeline.plots import plt, savefig_atomic
 
-    curves = [(k, *series(history, k)) for k in CURVES[kind]]
+    curves = [(k, *series(history, k)) for k in (CURVES[kind] if isinstance(kind, str) else kind)]
     curves = [c for c in curves if c[2]]
     if not curves:
         return None

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-MODEL_COLORS = {"base": "tab:gray", "rl": "tab:red", "sft": "tab:blue", "teacher": "tab:green"}
-_OTHER = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+MODEL_COLORS = {"base": "tab:gray", "rl": "tab:red", "sft": "tab:blue", "teacher": "tab:green", "distill": "tab:purple"}
+_OTHER = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
 
 def color_of(model: str, order: Sequence[str] = ()) -> str:
@@ -162,4 +162,25 @@ def box_panels(panels: Sequence[tuple[str, str, Mapping[str, Sequence[float]], b
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
+    return savefig_atomic(fig, path)
+
+
+def training_length(tab: pd.DataFrame, path: str | os.PathLike, title: str = "pass@k against training steps") -> Path:
+    """pass@1 and pass@k_max (with CI bars where there are CIs) against the training step, one line
+    per arm and k. `tab`: arm, step, k, pass_at_k, ci_low, ci_high."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    arms = list(dict.fromkeys(tab["arm"]))
+    for (arm, k), g in tab.groupby(["arm", "k"], sort=False):
+        g = g.sort_values("step")
+        err = None
+        if g["ci_low"].notna().all():
+            err = [g["pass_at_k"] - g["ci_low"], g["ci_high"] - g["pass_at_k"]]
+        ax.errorbar(g["step"], g["pass_at_k"], yerr=err, marker="o", capsize=3, color=color_of(arm, arms),
+                    ls="-" if k == 1 else "--", label=f"{arm} pass@{k}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     return savefig_atomic(fig, path)

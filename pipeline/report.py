@@ -15,6 +15,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.analysis import analyze
+from pipeline.arms import arms, get_arm
 from pipeline.config import ExperimentConfig
 from pipeline.health import check_arm, describe, plot_arm, read_history
 from pipeline.io import read_jsonl
@@ -45,9 +46,10 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None,
-                 train_logs: dict[str, Path] | None = None) -> dict:
+                 train_logs: dict[str, Path] | None = None, snapshots: dict[str, Path] | None = None) -> dict:
     """Build report files in `out` from the evaluation directories {model: dir}, the Perplexity
-    stage's directory (when there is one) and the trained arms' log histories {arm: log_history.json}."""
+    stage's directory (when there is one), the trained arms' log histories {arm: log_history.json}
+    and the evaluations of the arms' training snapshots {"rl@50": dir}."""
     pp = {m: pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str}) for m, d in evals.items()}
     passk = pd.concat([pd.read_csv(d / "passk.csv") for d in evals.values()], ignore_index=True)
     pd.concat(pp.values(), ignore_index=True).to_csv(out / "per_problem.csv", index=False)
@@ -57,12 +59,12 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     k_max = int(passk["k"].max())
     nb, seed = cfg.eval.bootstrap, cfg.seed
     health = training_health(train_logs or {}, out, cfg.seed, cfg.health.min_gain)
-    verdicts = []
-    if "rl" in pp:
-        verdicts.append(verdict("rl_vs_base_pass1", "rl", "base", 1, 1, pp, nb, seed, health))
-        verdicts.append(verdict("base_vs_rl_kmax", "base", "rl", k_max, k_max, pp, nb, seed, health))
-    if "sft" in pp:
-        verdicts.append(verdict("sft_vs_base_kmax", "sft", "base", k_max, k_max, pp, nb, seed, health))
+    verdicts = []  # each arm's own comparisons (pipeline.arms), when both of its models are in the study
+    for arm in arms().values():
+        for name, a, b, k_a, k_b in arm.verdicts:
+            if a in pp and b in pp:
+                verdicts.append(verdict(name, a, b, k_max if k_a == "max" else k_a, k_max if k_b == "max" else k_b,
+                                        pp, nb, seed, health))
 
     analysis = analyze(evals, out, tasks=build_tasks(cfg.tasks))
     extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
@@ -103,6 +105,10 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
         lines += task_md
         extra_metrics += [(f"by_task/{r.task}/{r.model}_pass_at_{r.k}", r.pass_at_k, 0)
                           for r in by_task.itertuples() if r.k in (1, k_max)]
+    if snapshots:
+        tl, tl_md = training_length(evals, snapshots, k_max, nb, seed, out)
+        lines += tl_md
+        extra_metrics += [(f"training_length/{r.arm}_pass_at_{r.k}", r.pass_at_k, int(r.step)) for r in tl.itertuples()]
     lines += grader_markdown(evals, pp, k_max)
     lines += ["", extra_md] if extra_md else []
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -126,11 +132,39 @@ def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain:
     health = {}
     for arm, path in train_logs.items():
         history = read_history(path)
-        kind = "rl" if arm == "rl" or arm.startswith("rl") else "sft"
-        health[arm] = check_arm(history, kind, min_gain=min_gain, seed=seed)
-        png = plot_arm(history, kind, out / f"training_{arm}.png", f"{arm}: training curves")
+        spec = get_arm(arm)
+        health[arm] = check_arm(history, spec.health_metrics, min_gain=min_gain, seed=seed)
+        png = plot_arm(history, spec.curves, out / f"training_{arm}.png", f"{arm}: training curves")
         health[arm]["plot"] = png.name if png else None
     return health
+
+
+def training_length(evals: dict[str, Path], snapshots: dict[str, Path], k_max: int, n_boot: int, seed: int,
+                    out: Path) -> tuple[pd.DataFrame, list[str]]:
+    """pass@1 and pass@k_max of each arm at its training snapshots and at the end (the paper's
+    longer-training comparison), every point from the same evaluator: training_length.csv and .png."""
+    rows = []
+    for name, d in {**snapshots, **{a: evals[a] for a in {s.split("@")[0] for s in snapshots}}}.items():
+        arm, step = (name.split("@") + [None])[:2]
+        final_steps = json.loads((Path(json.loads((d / "stage.json").read_text())["model_path"]) /
+                                  "train_metrics.json").read_text())["global_step"] if step is None else None
+        pp = pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str})
+        t = passk_table(pp, [1, k_max], n_boot=n_boot, seed=seed)
+        rows += [dict(arm=arm, step=int(step or final_steps), k=int(r.k), pass_at_k=r.pass_at_k, ci_low=r.ci_low,
+                      ci_high=r.ci_high) for r in t.itertuples()]
+    tab = pd.DataFrame(rows).sort_values(["arm", "step", "k"]).reset_index(drop=True)
+    tab.to_csv(out / "training_length.csv", index=False)
+    plots.training_length(tab, out / "training_length.png")
+    md = ["", "## Training length", "", "Each arm's snapshots, evaluated like the final model.", "",
+          "![training length](training_length.png)", ""]
+    md += _table(["arm", "step", "pass@1", f"pass@{k_max}"],
+                 [[a, int(st), _fmt_ci(g, 1), _fmt_ci(g, k_max)] for (a, st), g in tab.groupby(["arm", "step"])])
+    return tab, md
+
+
+def _fmt_ci(g: pd.DataFrame, k: int) -> str:
+    r = g[g["k"] == k].iloc[0]
+    return f"{r.pass_at_k:.3f}" + _ci(r.ci_low, r.ci_high).replace("+", "")
 
 
 def health_markdown(health: dict[str, dict]) -> list[str]:

@@ -1,6 +1,9 @@
-"""TrainRL: GRPO with a verifiable reward, from the same base as SFT.
+"""The `rl` arm: RLVR with a verifiable reward, from the same base as SFT.
 
-TRL's GRPOTrainer. Each training prompt is `task.prompt(problem, tokenizer)`, identical to what
+TRL's GRPOTrainer (rl.algorithm: grpo, with its loss_type grpo|dapo|dr_grpo|bnpo, entropy_coef and
+top_entropy_quantile) or RLOOTrainer (rl.algorithm: rloo). Variants on top: one-shot RLVR
+(rl.one_shot), a curriculum by difficulty (rl.curriculum), the Logic-RL reward (rl.reward), and
+snapshots for the training-length table (rl.snapshots). Each training prompt is `task.prompt(problem, tokenizer)`, identical to what
 the evaluator samples from; the reward is the task's own `reward` (exactly `verify` unless
 rl.reward == "logic_rl", the Knights-and-Knaves Logic-RL reward of tasks/knights_knaves.py).
 Besides TRL's own curves (reward, reward_std, rewards/<name>/mean, completion lengths, entropy,
@@ -15,18 +18,32 @@ Rollouts use transformers `generate` by default. TRL's vLLM colocate mode fails 
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.arms import Arm
 from pipeline.config import RLConfig
-from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, read_rows, resume_point, same_named
+from pipeline.train_common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
+                                   read_rows, resume_point, same_named, snapshot_steps)
 from tasks.base import Problem, Task, encode_prompt
 
-# RLConfig fields named as trl.GRPOConfig names them
-GRPO_FIELDS = ("num_generations", "loss_type", "beta", "epsilon", "epsilon_high", "temperature", "top_p",
-               "max_completion_length", "top_entropy_quantile")
+# RLConfig fields named as trl.GRPOConfig / trl.RLOOConfig name them
+RLOO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperature", "top_p", "max_completion_length")
+GRPO_FIELDS = RLOO_FIELDS + ("loss_type", "top_entropy_quantile", "entropy_coef")
+
+ARM = Arm(
+    name="rl", module="pipeline.rl", data="problems",
+    title="RLVR (GRPO or RLOO) on the training problems with the task's verifier as reward",
+    enabled=lambda cfg: cfg.rl.enabled,
+    health_metrics=("accuracy", "reward"),
+    curves=("accuracy", "reward", "loss", "entropy", "completions/mean_length", "frac_reward_zero_std",
+            "clip_ratio/region_mean", "learning_rate"),
+    verdicts=(("rl_vs_base_pass1", "rl", "base", 1, 1), ("base_vs_rl_kmax", "base", "rl", "max", "max")),
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +106,39 @@ def load_problems(problems_path: str) -> list[Problem]:
     return out
 
 
-def grpo_trainer_class():
-    """TRL's GRPOTrainer, with plain-text prompts encoded by `encode_prompt` like every other stage:
-    TRL 1.16 encodes them with the tokenizer's special tokens, which doubles the BOS of a
-    chat-rendered prompt for Llama-3, Mistral or Gemma tokenizers."""
-    from trl import GRPOTrainer
+def with_our_prompt_encoding(trainer_cls):
+    """A TRL trainer (GRPOTrainer, RLOOTrainer, DistillationTrainer) whose plain-text prompts are
+    encoded by `encode_prompt` like every other stage: TRL 1.16 encodes them with the tokenizer's
+    special tokens, which doubles the BOS of a chat-rendered prompt for Llama-3, Mistral or Gemma."""
     from trl.data_utils import is_conversational
 
-    class Trainer(GRPOTrainer):
+    class Trainer(trainer_cls):
         def _tokenize_prompts(self, prompts: list):
             if is_conversational({"prompt": prompts[0]}):
                 return super()._tokenize_prompts(prompts)
             return [encode_prompt(self.processing_class, p) for p in prompts], None, {}
 
+    Trainer.__name__ = trainer_cls.__name__
     return Trainer
+
+
+def grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    return with_our_prompt_encoding(GRPOTrainer)
+
+
+def one_shot_problem(problems: list[Problem], rates_csv: Path) -> Problem:
+    """One-shot RLVR's training problem: the one whose base pass rate p has the highest variance
+    p(1-p), ties to the first in file order. Wang et al. (2025) rank by the variance of an example's
+    training accuracy over a previous RL run's epochs; before any RL run, the base's own pass-rate
+    variance (from the RL prompt filter's samples) is the estimate this DAG has."""
+    if not rates_csv.is_file():
+        raise TrainInputError(f"rl.one_shot: {rates_csv} not found (the RL prompt filter writes the base's pass "
+                              f"rates there; expected rl.pass_rate_filter: true)")
+    with open(rates_csv) as f:
+        rate = {r["problem_id"]: int(r["correct"]) / int(r["n"]) for r in csv.DictReader(f)}
+    return max(problems, key=lambda p: rate.get(p.id, 0.0) * (1 - rate.get(p.id, 0.0)))
 
 
 def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
@@ -125,16 +161,31 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if cfg.curriculum:  # easy to hard; stable, so equal levels keep the file's order
         problems = sorted(problems, key=lambda p: (p.difficulty is None, p.difficulty or 0))
+    if cfg.one_shot:  # one problem, repeated to fill every batch of the run (one epoch of copies)
+        one = one_shot_problem(problems, Path(problems_path).parent / "base-train" / "per_problem.csv")
+        log.info("one-shot RLVR on problem %s: %s", one.id, one.question)
+        prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
+        problems = [one] * (cfg.max_steps * prompts_per_step)
     data = Dataset.from_list(
         [{"prompt": tasks[p.task].prompt(p, tokenizer), "problem": json.dumps(p.to_dict())} for p in problems]
     )
     reward = TaskReward(tasks, cfg.reward)
     fields = common_fields(cfg, out_dir, seed, checkpoints, save_steps)
-    fields.update(same_named(cfg, GRPO_FIELDS), use_vllm=False, lr_scheduler_type=cfg.lr_scheduler_type,
+    fields.update(same_named(cfg, GRPO_FIELDS if cfg.algorithm == "grpo" else RLOO_FIELDS), use_vllm=False,
+                  lr_scheduler_type=cfg.lr_scheduler_type,
                   # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
                   warmup_steps=cfg.warmup_ratio, shuffle_dataset=not cfg.curriculum)
-    args = build_args(GRPOConfig, "rl", fields, cfg.extra)
-    return grpo_trainer_class()(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
+    if cfg.algorithm == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        config_cls, trainer_cls = RLOOConfig, with_our_prompt_encoding(RLOOTrainer)
+    else:
+        config_cls, trainer_cls = GRPOConfig, grpo_trainer_class()
+    args = build_args(config_cls, "rl", fields, cfg.extra)
+    trainer = trainer_cls(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
+    add_snapshots(trainer, snapshot_steps(cfg.max_steps, cfg.snapshots),
+                  Path(checkpoints or out_dir) / SNAPSHOTS)
+    return trainer
 
 
 def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
@@ -143,7 +194,7 @@ def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out
     the final metrics (train_loss, global_step, train_runtime, ..., last logged reward/accuracy).
     With `checkpoints`, checkpoint every save_steps steps there and resume from the newest one."""
     trainer = build_rl_trainer(base_model, problems_path, task_specs, cfg, out_dir, seed, checkpoints, save_steps)
-    log.info("GRPO: %d problems, base %s -> %s", len(trainer.train_dataset), base_model, out_dir)
+    log.info("%s: %d problems, base %s -> %s", cfg.algorithm, len(trainer.train_dataset), base_model, out_dir)
     result = trainer.train(resume_from_checkpoint=resume_point(checkpoints))
     last = {k: v for row in trainer.state.log_history for k, v in row.items() if k in ("reward", "accuracy")}
     return finish(trainer, result, out_dir, {"num_problems": len(trainer.train_dataset), **{f"final_{k}": v for k, v in last.items()}})

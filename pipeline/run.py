@@ -3,16 +3,18 @@
     python -m pipeline.run --config configs/tiny.yaml
     python -m pipeline.run --config configs/tiny.yaml --set rl.beta=0.04 --set rl.max_steps=200
     python -m pipeline.run --config configs/tiny.yaml --sweep seed=0,1,2 --sweep rl.loss_type=grpo,dapo
+    python -m pipeline.run --config configs/sweeps/algorithms.yaml
 
-It is the same DAG as `luigi --module pipeline.dag Report --config ...`. A sweep runs the cross
-product of its values, each as its own experiment named `<name>__key-value...`, so reports and
-MLflow parent runs stay apart. An unchanged rerun runs nothing and says so.
+It is the same DAG as `luigi --module pipeline.dag Report --config ...` (a sweep: `... Study`). A
+sweep is one study (pipeline.sweep): the cross product of its values, members named
+`key-value__...`, sharing runs/<study>/ so that the stages they have in common run once; `--sweep`
+on the command line makes the study `<name>-sweep` (or `--study NAME`). An unchanged rerun runs
+nothing and says so.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
-import itertools
 import os
 import sys
 import tempfile
@@ -25,7 +27,8 @@ import yaml
 
 from pipeline import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
-from pipeline.dag import Report
+from pipeline.dag import Report, Study
+from pipeline.sweep import expand, is_sweep_file, load_sweep
 
 
 class StudyBusy(RuntimeError):
@@ -81,19 +84,17 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, list]:
     return out
 
 
-def experiments(config: str, sets: dict, sweeps: dict) -> list[dict]:
+def plan(config: str, sets: dict, sweeps: dict, study: str | None = None):
+    """(single Report overrides, or None; the sweep, or None), every member validated."""
     base = {k: v[0] for k, v in sets.items()}
-    name = load_config(config, base).name
-    runs = []
-    for combo in itertools.product(*sweeps.values()) if sweeps else [()]:
-        ov = dict(base)
-        sw = dict(zip(sweeps, combo))
-        ov.update(sw)
-        if sw:  # always distinct, also under --set name=X: members must never share stage directories
-            ov["name"] = name + "__" + "__".join(f"{k}-{v}" for k, v in sw.items())
-        load_config(config, ov)  # validate every combination before anything runs
-        runs.append(ov)
-    return runs
+    if is_sweep_file(config):
+        if sweeps:
+            raise ConfigError(f"{config}: a sweep preset already names its axes (add them to its `sweep:`, not --sweep)")
+        return None, load_sweep(config, base)
+    cfg = load_config(config, base)
+    if not sweeps:
+        return base, None
+    return None, expand(config, study or f"{cfg.name}-sweep", base, sweeps)
 
 
 def main(argv=None) -> int:
@@ -101,42 +102,52 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field")
     ap.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="run one experiment per value")
+    ap.add_argument("--study", help="the study name of a --sweep (default: <name>-sweep)")
     ap.add_argument("--workers", type=int, default=2, help="Luigi workers (2 lets SFT and RL train in parallel)")
     ap.add_argument("--scheduler-url", help="a running luigid, e.g. http://localhost:8082 (default: local scheduler)")
     a = ap.parse_args(argv)
     try:
-        runs = experiments(a.config, parse_assignments(a.set, "--set"), parse_assignments(a.sweep, "--sweep"))
+        single, sweep = plan(a.config, parse_assignments(a.set, "--set"), parse_assignments(a.sweep, "--sweep"), a.study)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    reports = [Report(config=a.config, overrides=ov) for ov in runs]
+    if sweep is None:
+        reports, top = [Report(config=a.config, overrides=single)], None
+    else:
+        top = Study(spec=sweep.spec())
+        reports = list(top.requires().values())
     try:
         check_writable(reports[0].cfg)
         with ExitStack() as held:
-            for r in reports:
+            for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
                 held.enter_context(study_lock(r.cfg))
-            return _build(reports, a)
+            return _build(reports, a, top)
     except (ConfigError, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 3
 
 
-def _build(reports: list[Report], a) -> int:
+def _build(reports: list[Report], a, top: Study | None = None) -> int:
     pending = [r for r in reports if not r.complete()]
-    if not pending:
+    if not pending and (top is None or top.complete()):
         for r in reports:
             print(f"nothing to do: {r.cfg.name} is up to date ({r.out_dir / 'report.md'})")
+        if top is not None:
+            print(f"nothing to do: study {top.plan.study} is up to date ({top.out_dir / 'report.md'})")
         return 0
-    for r in pending:  # runs a killed invocation left RUNNING
+    for r in {str(r.cfg.run_dir): r for r in pending}.values():  # runs a killed invocation left RUNNING
         for run_id in tracking.close_orphans(r.cfg):
             print(f"[tracking] marked run {run_id} KILLED: its process had ended without closing it")
     started = time.time()
     kw = dict(scheduler_url=a.scheduler_url) if a.scheduler_url else dict(local_scheduler=True)
-    res = luigi.build(pending, workers=a.workers, detailed_summary=True, log_level="INFO", **kw)
+    res = luigi.build([top] if top is not None else pending, workers=a.workers, detailed_summary=True,
+                      log_level="INFO", **kw)
     print(res.summary_text)
-    failed = []
+    failed, seen_logs = [], set()
     for r in reports:
-        errors = [f for f in sorted((r.cfg.run_dir / "logs").glob("*.error")) if f.stat().st_mtime >= started]
+        logs = r.cfg.run_dir / "logs"
+        errors = [] if logs in seen_logs else [f for f in sorted(logs.glob("*.error")) if f.stat().st_mtime >= started]
+        seen_logs.add(logs)
         failed += [(r.cfg, f.stem, f.read_text().strip()) for f in errors]
         try:
             tracking.close_orphans(r.cfg)
@@ -149,7 +160,10 @@ def _build(reports: list[Report], a) -> int:
         print(f"FAILED {cfg.name}/{stage}: {why}", file=sys.stderr)
     for r in reports:
         print(f"report: {r.out_dir / 'report.md'}" if r.complete() else f"incomplete: {r.cfg.name} (rerun to resume)")
-    return 0 if res.scheduling_succeeded and all(r.complete() for r in reports) else 1
+    done = all(r.complete() for r in reports) and (top is None or top.complete())
+    if top is not None:
+        print(f"study report: {top.out_dir / 'report.md'}" if top.complete() else f"incomplete: study {top.plan.study}")
+    return 0 if res.scheduling_succeeded and done else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""TrainSFT: distillation by supervised fine-tuning of the base on the teacher's verified traces.
+"""The `sft` arm: distillation by supervised fine-tuning of the base on the teacher's verified traces.
 
 TRL's SFTTrainer on a tokenized prompt-completion dataset: `prompt` is already rendered with the
 base's chat template (task.prompt(problem, tokenizer), exactly what the evaluator samples from) and
@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 
+import random
+
+from pipeline.arms import Arm
 from pipeline.config import SFTConfig
 from pipeline.train_common import build_args, cli, common_fields, finish, read_rows, resume_point
 from tasks.base import encode_prompt
@@ -21,11 +24,24 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("prompt", "completion")
 
+ARM = Arm(
+    name="sft", module="pipeline.sft", data="traces",
+    title="SFT on the teacher's verified traces (distillation)",
+    enabled=lambda cfg: cfg.sft.enabled and cfg.teacher_model is not None,  # no teacher, no traces
+    health_metrics=("mean_token_accuracy",), curves=("loss", "mean_token_accuracy", "entropy", "learning_rate"),
+    verdicts=(("sft_vs_base_kmax", "sft", "base", "max", "max"),),
+)
+
 
 def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir: str, seed: int,
                       checkpoints: str | None = None, save_steps: int = 0):
     """The configured trl.SFTTrainer (dataset tokenized, prompt tokens masked), not yet trained."""
     rows = read_rows(traces_path, "traces", REQUIRED)  # first: a bad file fails before the heavy imports
+    if cfg.max_traces is not None and cfg.max_traces < len(rows):
+        # the SFT data-size axis: a seeded subset, nested (the first 100 of a seed's order are in its first 300)
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        rows = [rows[i] for i in sorted(order[: cfg.max_traces])]
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
     from trl import SFTConfig as TRLSFTConfig

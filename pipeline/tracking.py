@@ -102,7 +102,7 @@ def _run_count(db: Path) -> int:
 
 def experiment_id(cfg: ExperimentConfig) -> str:
     c = client(cfg)
-    name = cfg.tracking.experiment or cfg.name
+    name = cfg.experiment_name
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -225,7 +225,7 @@ def close_orphans(cfg: ExperimentConfig) -> list[str]:
     """Mark KILLED every RUNNING stage run of this experiment whose owning process (on this machine)
     is gone: a SIGKILL (or a power cut) gives a process no chance to end its own run. Returns their ids."""
     c = client(cfg)
-    exp = c.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
+    exp = c.get_experiment_by_name(cfg.experiment_name)
     if exp is None:
         return []
     closed = []
@@ -255,3 +255,24 @@ def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def log_study(cfg: ExperimentConfig, sweep, reports: dict[str, Path], report_dir: Path) -> str:
+    """A sweep in MLflow: its experiment holds one parent run per member; each gets the swept values
+    as params (`sweep.<axis>`) and a `dvr.sweep` tag, so the runs table and the chart view compare
+    the members directly. The study's tables go to one run of their own (tagged dvr.study_report)."""
+    c, exp = client(cfg), experiment_id(cfg)
+    for m in sweep.members:
+        found = c.search_runs([exp], f"tags.`{TAG}parent` = 'true' and tags.`{TAG}experiment` = '{m.name}'",
+                              max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            run = found[0]
+            new = {f"sweep.{a}": v for a, v in m.values.items() if f"sweep.{a}" not in run.data.params}
+            log(cfg, run.info.run_id, params=new, tags={"sweep": sweep.study})
+    with _lock(cfg, "mlflow-parent"):
+        found = c.search_runs([exp], f"tags.`{TAG}study_report` = 'true'", max_results=1)
+        run_id = found[0].info.run_id if found else c.create_run(
+            exp, run_name=f"{sweep.study} (tables)", tags={f"{TAG}study_report": "true", f"{TAG}sweep": sweep.study}).info.run_id
+    log(cfg, run_id, artifacts=[report_dir], artifact_path="study_report")
+    end_stage(cfg, run_id)
+    return run_id

@@ -1,4 +1,4 @@
-"""What the two training stages (pipeline.sft, pipeline.rl) share: reading their input file,
+"""What the training arms (pipeline.sft, pipeline.rl, pipeline.distill; see pipeline.arms) share: reading their input file,
 building the TRL config from our validated section plus its `extra`, MLflow wiring, saving the
 final model and the metrics, and the command line around them.
 
@@ -133,10 +133,51 @@ def resume_point(checkpoints: str | os.PathLike | None) -> str | None:
     return None
 
 
+SNAPSHOTS = "snapshots"  # beside the final model: step-<N>/ models saved during training (pipeline.dag evaluates them)
+
+
+def snapshot_steps(max_steps: int, snapshots: int) -> list[int]:
+    """`snapshots` intermediate steps evenly spaced before max_steps: 2 of 150 gives [50, 100]."""
+    return sorted({round(max_steps * i / (snapshots + 1)) for i in range(1, snapshots + 1)} - {0, max_steps})
+
+
+def add_snapshots(trainer, steps: list[int], where: str | os.PathLike) -> None:
+    """Save the model (and tokenizer) at the given optimizer steps into `where`/step-<N>, for the
+    training-length table: each snapshot is evaluated like the final model. `where` is the stage's
+    checkpoint directory when it has one, so snapshots survive a kill and a resumed run keeps them;
+    `finish` moves them beside the final model. All ranks call save_model (FSDP/ZeRO gather inside it)."""
+    from transformers import TrainerCallback
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in steps:
+                d = Path(where) / f"step-{state.global_step}"
+                tmp = d.with_name(d.name + ".tmp")
+                trainer.save_model(str(tmp))
+                if trainer.is_world_process_zero():
+                    import shutil
+
+                    shutil.rmtree(d, ignore_errors=True)
+                    os.replace(tmp, d)
+
+    if steps:
+        trainer.add_callback(Snapshot())
+    trainer._dvr_snapshots = (steps, Path(where))
+
+
 def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the final model + tokenizer (safetensors) and the metrics into out_dir; return the metrics."""
     out = Path(out_dir)
     trainer.save_model(str(out))  # model (safetensors) + processing_class (the tokenizer)
+    steps, where = getattr(trainer, "_dvr_snapshots", ([], None))
+    if steps and trainer.is_world_process_zero():
+        missing = [s for s in steps if not (where / f"step-{s}").is_dir()]
+        if missing:
+            raise RuntimeError(f"training ended without the snapshots at steps {missing} in {where}")
+        (out / SNAPSHOTS).mkdir(exist_ok=True)
+        for s in steps:
+            if where.resolve() != (out / SNAPSHOTS).resolve():
+                os.replace(where / f"step-{s}", out / SNAPSHOTS / f"step-{s}")
     m = train_output.metrics
     metrics = {
         "train_loss": float(train_output.training_loss),

@@ -44,9 +44,11 @@ def keys(config, overrides=None) -> dict[str, str]:
     out = {}
     for m in ("base", "teacher", "sft", "rl"):
         out[f"eval-{m}"] = dag.Evaluate(config=config, overrides=ov, model=m).key
-    for cls in (dag.Problems, dag.GenerateTeacherTraces, dag.FilterTraces, dag.TrainSFT, dag.TrainRL, dag.Perplexity):
+    for cls in (dag.Problems, dag.GenerateTeacherTraces, dag.FilterTraces, dag.Perplexity):
         t = cls(config=config, overrides=ov)
         out[t.stage] = t.key
+    for arm in ("sft", "rl"):
+        out[arm] = dag.Train(config=config, overrides=ov, arm=arm).key
     return out
 
 
@@ -139,10 +141,10 @@ def test_labelled_specs_keep_their_own_problems_and_unique_ids(tmp_path, world_c
 
 
 def test_sweep_members_never_share_a_name():
-    from pipeline.run import experiments
+    from pipeline.run import plan
 
-    runs = experiments("configs/smoke.yaml", {"name": ["mine"]}, {"seed": [0, 1]})
-    assert [r["name"] for r in runs] == ["mine__seed-0", "mine__seed-1"]
+    _, sweep = plan("configs/smoke.yaml", {"name": ["mine"]}, {"seed": [0, 1]})
+    assert sweep.study == "mine-sweep" and [m.name for m in sweep.members] == ["seed-0", "seed-1"]
 
 
 # ---- item 8: config holes -------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def test_no_teacher_means_no_sft_arm(tmp_path, world_copy):
 
 
 def test_rl_algorithm_is_not_a_silent_field(tmp_path, world_copy):
-    with pytest.raises(ConfigError, match=r"rl.algorithm: unknown key"):
+    with pytest.raises(ConfigError, match=r"rl.algorithm: Input should be 'grpo' or 'rloo'"):
         load_config(study(tmp_path, world_copy, rl={"algorithm": "ppo"}))
 
 

@@ -87,11 +87,11 @@ def test_managed_server_waits_for_health_and_stops(tmp_path):
 
 
 def test_gpu_resources_are_declared_for_heavy_stages():
-    from pipeline.dag import Evaluate, Problems, TrainRL, TrainSFT
+    from pipeline.dag import Evaluate, Problems, Train
 
     over = {"compute.gpus_per_stage": 2}
-    for task in (TrainSFT("configs/smoke.yaml", over), TrainRL("configs/smoke.yaml", over),
+    for task in (Train("configs/smoke.yaml", over, arm="sft"), Train("configs/smoke.yaml", over, arm="rl"),
                  Evaluate("configs/smoke.yaml", over, model="base")):
         assert task.resources == {"gpu": 2}
     assert Problems("configs/smoke.yaml", over).resources == {}
-    assert TrainRL("configs/smoke.yaml").resources == {}  # undeclared without GPUs: SFT and RL still run at once
+    assert Train("configs/smoke.yaml", arm="rl").resources == {}  # undeclared without GPUs: SFT and RL still run at once
