@@ -10,7 +10,8 @@ when the arms saved snapshots, training_length.csv) and writes runs/<study>/repo
 - training_length.csv/.md/.png: pass@1 and pass@k_max at each arm's snapshots and end, over seeds;
 - sft_data_size.csv/.md/.png: SFT pass@1 and pass@k_max against the number of teacher traces used.
 
-A CI across seeds needs two seeds at least; with one it is left empty.
+A CI across seeds needs two seeds at least; with one seed a cell shows that member's own 95%
+bootstrap CI over the test problems instead (marked "problems").
 """
 from __future__ import annotations
 
@@ -38,9 +39,15 @@ def seed_ci(values) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
-def _cell(values) -> str:
+def _cell(values, g: pd.DataFrame | None = None, col: str | None = None) -> str:
+    """Mean over seeds [95% t-interval across seeds]; with one seed, the member's own bootstrap CI
+    over problems when the member rows `g` carry it (`<col>_ci_low/_ci_high`)."""
     m, lo, hi = seed_ci(values)
-    return f"{m:.3f}" if math.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+    if not math.isnan(lo):
+        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+    if g is not None and len(g) == 1 and f"{col}_ci_low" in g and not pd.isna(g[f"{col}_ci_low"].iloc[0]):
+        return f"{m:.3f} [{g[f'{col}_ci_low'].iloc[0]:.3f}, {g[f'{col}_ci_high'].iloc[0]:.3f}] (problems)"
+    return f"{m:.3f}"
 
 
 def member_rows(sweep: Sweep, reports: dict[str, Path]) -> pd.DataFrame:
@@ -53,7 +60,8 @@ def member_rows(sweep: Sweep, reports: dict[str, Path]) -> pd.DataFrame:
         k_max = int(passk["k"].max())
         row = {"member": m.name, **{f"sweep.{a}": v for a, v in m.values.items()}, "k_max": k_max}
         for r in passk[passk["k"].isin([1, k_max])].itertuples():
-            row[f"{r.model}_pass_at_{'kmax' if r.k == k_max else r.k}"] = r.pass_at_k
+            col = f"{r.model}_pass_at_{'kmax' if r.k == k_max else r.k}"
+            row[col], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = r.pass_at_k, r.ci_low, r.ci_high
         for v in json.loads((d / "verdicts.json").read_text()):
             row[f"verdict_{v['name']}"] = v["diff"]
         for arm, h in json.loads((d / "health.json").read_text()).items():
@@ -93,9 +101,10 @@ def algorithms_table(df: pd.DataFrame, axes: list[str], arm: str = "rl") -> tupl
     md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (key, g), (_, r) in zip((df.groupby(axes, sort=False) if axes else [((), df)]), tab.iterrows()):
         key = key if isinstance(key, tuple) else (key,)
-        cells = [str(k) for k in key] + [str(len(g)), _cell(g[f"{arm}_pass_at_1"]), _cell(g[f"{arm}_pass_at_kmax"]),
+        cells = [str(k) for k in key] + [str(len(g)), _cell(g[f"{arm}_pass_at_1"], g, f"{arm}_pass_at_1"),
+                                         _cell(g[f"{arm}_pass_at_kmax"], g, f"{arm}_pass_at_kmax"),
                                          _cell(g["base_pass_at_kmax"] - g[f"{arm}_pass_at_1"]),
-                                         _cell(g["base_pass_at_kmax"]), r["learned"]]
+                                         _cell(g["base_pass_at_kmax"], g, "base_pass_at_kmax"), r["learned"]]
         md.append("| " + " | ".join(cells) + " |")
     return tab, md
 
@@ -125,8 +134,9 @@ def training_length_table(sweep: Sweep, reports: dict[str, Path], axes: list[str
     md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, g in df.groupby(axes + ["arm", "step"], sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        md.append("| " + " | ".join([str(k) for k in key] + [str(g["member"].nunique()),
-                                     _cell(g[g["k"] == 1]["pass_at_k"]), _cell(g[g["k"] == k_max]["pass_at_k"])]) + " |")
+        cells = [_cell(x["pass_at_k"], x.rename(columns={"ci_low": "p_ci_low", "ci_high": "p_ci_high"}), "p")
+                 for x in (g[g["k"] == 1], g[g["k"] == k_max])]
+        md.append("| " + " | ".join([str(k) for k in key] + [str(g["member"].nunique()), *cells]) + " |")
     return tab, md
 
 
@@ -157,8 +167,9 @@ def sft_data_size_table(df: pd.DataFrame, axes: list[str], out: Path):
     md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (key, g), (_, r) in zip(df.groupby(rest + ["sft_num_examples"], sort=True), tab.iterrows()):
         key = key if isinstance(key, tuple) else (key,)
-        md.append("| " + " | ".join([str(k) for k in key] + [str(len(g)), _cell(g["sft_pass_at_1"]),
-                                                             _cell(g["sft_pass_at_kmax"]), r["learned"]]) + " |")
+        md.append("| " + " | ".join([str(k) for k in key] + [str(len(g)), _cell(g["sft_pass_at_1"], g, "sft_pass_at_1"),
+                                                             _cell(g["sft_pass_at_kmax"], g, "sft_pass_at_kmax"),
+                                                             r["learned"]]) + " |")
     return tab, md
 
 

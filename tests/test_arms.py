@@ -169,3 +169,21 @@ def test_sft_data_size_takes_a_nested_seeded_subset(tmp_path):
     assert len(small) == 5 and len(big) == 12 and len(everything) == 20
     assert set(small) <= set(big) <= set(everything)
     assert set(kept(5, seed=1)) != set(small)
+
+
+def test_logic_rl_on_knights_and_knaves_runs_end_to_end(tmp_path, toyworld):
+    """The knights-knaves preset's DAG (Logic-RL reward, curriculum), at smoke size on the toy base:
+    problems from reasoning-gym, GRPO with the shaped reward, evaluation, report."""
+    from conftest import run_smoke
+
+    tasks = "[{name: knights_knaves, train_size: 8, test_size: 4, levels: [2, 3], options: {reward: logic_rl}}]"
+    run_smoke(tmp_path, "--set", f"tasks={tasks}", "--set", "teacher_model=null", "--set", "rl.reward=logic_rl",
+              "--set", "rl.curriculum=true", "--set", "rl.pass_rate_filter=false", "--set", "eval.perplexity_subset=0")
+    study = tmp_path / "smoke"
+    history = json.loads(next(study.glob("rl-*/model/log_history.json")).read_text())
+    rewards = [r["rewards/logic_rl/mean"] for r in history if "rewards/logic_rl/mean" in r]
+    assert len(rewards) == 3 and all(-3 <= x <= 3 for x in rewards)
+    lines = next(study.glob("problems-*/test.jsonl")).read_text().splitlines()
+    assert {json.loads(line)["task"] for line in lines} == {"knights_knaves"}
+    report = (study / "report" / "report.md").read_text()
+    assert "knights_knaves" in report and "| rl |" in report
