@@ -350,7 +350,9 @@ class Train(Stage):
         return self.input()["data"].path + ("/filtered.jsonl" if self.spec.data == "traces" else "/train.jsonl")
 
     def lineage(self):
-        up = {**super().lineage(), "base_model": self.cfg.base_model}
+        up = super().lineage()  # the input's run, tagged by what it is: dvr.filtered_run_id or dvr.problems_run_id
+        up["filtered_run_id" if self.spec.data == "traces" else "problems_run_id"] = up.pop("data_run_id")
+        up["base_model"] = self.cfg.base_model
         if self.spec.data == "traces" or self.spec.reads_teacher:
             up["teacher_model"] = self.cfg.teacher_model
         if self.spec.data == "traces":
