@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Look at the MLflow UI as a user would: serve a tracking store on 127.0.0.1 and take a headless
 # Chromium screenshot of an experiment's chart view (needs Debian's `chromium` package).
-#   scripts/mlflow_screenshot.sh [STORE_URI] [EXPERIMENT_NAME] [OUT.png]
+#   [MODE=CHART|TABLE] [BUDGET=ms] scripts/mlflow_screenshot.sh [STORE_URI] [EXPERIMENT_NAME] [OUT.png]
 set -euo pipefail
 uri=${1:-sqlite:///runs/mlflow.db}
 exp=${2:-tiny}
@@ -16,8 +16,8 @@ trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
 id=$(MLFLOW_TRACKING_URI="$uri" "$py" -c "import mlflow,sys; e=mlflow.get_experiment_by_name(sys.argv[1]); print(e.experiment_id if e else '')" "$exp")
 [ -n "$id" ] || { echo "error: experiment '$exp' not found in $uri" >&2; exit 1; }
-url="http://127.0.0.1:$port/#/experiments/$id/runs?compareRunsMode=CHART"
+url="http://127.0.0.1:$port/#/experiments/$id/runs?compareRunsMode=${MODE:-CHART}"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
-  --window-size=1600,1100 --virtual-time-budget=20000 --screenshot="$out" "$url" 2>/dev/null
+  --window-size=1600,1100 --virtual-time-budget=${BUDGET:-20000} --screenshot="$out" "$url" 2>/dev/null
 echo "screenshot of $url -> $out"
