@@ -10,6 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's in-process training: a tiny model gains nothing from two, and
+    on cores shared with other jobs the threads' synchronisation costs more than the maths (the SFT
+    fixture of test_train: 41 s with 2 threads, 2.3 s with 1, at load average 5)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A randomly initialised 2-layer Llama with the toy-world tokenizer, saved in HF format."""

@@ -23,12 +23,7 @@ FAST = {"gradient_checkpointing": False, "disable_tqdm": True}
 SPEC = TaskSpec(name="toy_arith", train_size=8, test_size=2, levels=[1, 2])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

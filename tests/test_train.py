@@ -36,15 +36,7 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: a tiny model gains nothing from two, and on cores shared with other jobs
-    the threads' synchronisation costs more than the maths (the SFT fixture: 41 s with 2
-    threads, 2.3 s with 1, at load average 5)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
