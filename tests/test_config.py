@@ -72,7 +72,7 @@ def test_section_hash_tracks_only_its_sections(tmp_path, good):
         (lambda d: d["tasks"][0].update(name="no_such_task"), "tasks.0.name", "unknown task"),
         (lambda d: d["tasks"][0].update(test_size=0), "tasks.0.test_size", "greater than or equal to 1"),
         (lambda d: d.update(tasks=[]), "tasks", "at least 1"),
-        (lambda d: d["eval"].update(backend="tgi"), "eval.backend", "'vllm', 'hf' or 'auto'"),
+        (lambda d: d["eval"].update(backend="tgi"), "eval.backend", "'vllm', 'cb', 'hf' or 'auto'"),
         (lambda d: d["rl"].update(num_generations=3), "rl", "multiple of num_generations"),
         (lambda d: d.pop("base_model"), "base_model", "missing"),
     ],

