@@ -116,9 +116,9 @@ class TaskSpec(Strict):
     @field_validator("name")
     @classmethod
     def known_task(cls, v: str) -> str:
-        from tasks import task_names
+        from tasks import is_task
 
-        if v not in task_names():
+        if not is_task(v):
             raise ValueError(f"unknown task {v!r} (expected a registered task or a reasoning-gym dataset name)")
         return v
 

@@ -15,13 +15,12 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import mlflow
 import pandas as pd
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:  # mlflow is imported where it is used: a run with nothing to do never loads it
+    from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
 from pipeline.io import pid_alive
@@ -41,6 +40,9 @@ _READY: set[str] = set()
 
 
 def client(cfg: ExperimentConfig) -> MlflowClient:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///") and uri not in _READY:
@@ -59,6 +61,8 @@ def ensure_sqlite_store(db: Path) -> None:
     temporary name and renamed into place, so a kill mid-creation never leaves a half-made store
     (which fails every later run with "table ... already exists"). A half-made store left by an
     older version (no runs in it) is moved aside and made again; one with runs is never touched."""
+    from mlflow.tracking import MlflowClient
+
     if db.is_file():
         try:
             MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
@@ -101,6 +105,8 @@ def _run_count(db: Path) -> int:
 
 
 def experiment_id(cfg: ExperimentConfig) -> str:
+    import mlflow
+
     c = client(cfg)
     name = cfg.experiment_name
     exp = c.get_experiment_by_name(name)
@@ -168,6 +174,8 @@ def log(
     artifacts: Iterable[str | Path] = (),
     artifact_path: str | None = None,
 ) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
     c = client(cfg)
     ps = [Param(k, str(v)[:MAX_PARAM]) for k, v in (params or {}).items()]
     ms = [Metric(k, float(v), 0, int(s)) for k, v, s in (metrics or [])]
@@ -185,6 +193,10 @@ def log(
 
 def log_dataset(cfg: ExperimentConfig, run_id: str, df: pd.DataFrame, name: str, source: str, context: str) -> None:
     """Record a table (problems, traces) as a dataset input of the run, with its digest and schema."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
     client(cfg)
     with warnings.catch_warnings():  # MLflow's notes on source resolution and int schemas: noise here
         warnings.simplefilter("ignore", UserWarning)
