@@ -42,5 +42,9 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# the benchmark suite (benchmarks/RESULTS.md): about 25 minutes on 2 cores
+benchmark: setup
+	$(BIN)/python -m benchmarks
+
 clean:
 	rm -rf $(VENV)

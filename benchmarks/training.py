@@ -1,0 +1,101 @@
+"""Training throughput on the toy world, with the default study's settings (configs/tiny.yaml):
+
+    python -m benchmarks.training grpo --rollouts cb --steps 6 --work DIR
+    python -m benchmarks.training sft --traces DIR/filtered.jsonl --steps 20 --work DIR
+
+GRPO: seconds per optimizer step, split into rollout generation (TRL's `_generate_single_turn`)
+and the rest (rewards, log-probabilities, loss, backward, optimizer), medians over the steps after
+the first. SFT: tokens per second as TRL counts them (`num_tokens`). One JSON line each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.common import median
+
+
+def grpo(rollouts: str, steps: int, work: Path, threads: int) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    from pipeline.config import load_config
+    from pipeline.io import write_jsonl
+    from pipeline.rl import build_rl_trainer
+    from tasks import get_task
+
+    torch.set_num_threads(threads)
+    cfg = load_config("configs/tiny.yaml")
+    task = get_task("toy_arith")
+    problems = work / "grpo-problems.jsonl"
+    write_jsonl(problems, [p.to_dict() for p in task.problems("train", 200, seed=0, levels=[1, 2, 3, 4])])
+    rl = cfg.rl.model_copy(update=dict(max_steps=steps, rollouts=rollouts, pass_rate_filter=False, logging_steps=1))
+    trainer = build_rl_trainer(cfg.base_model, str(problems), cfg.tasks, rl, str(work / f"grpo-{rollouts}"), seed=0)
+    gen_time = [0.0]
+    inner = trainer._generate_single_turn
+
+    def timed(*a, **k):
+        t = time.time()
+        try:
+            return inner(*a, **k)
+        finally:
+            gen_time[0] += time.time() - t
+
+    trainer._generate_single_turn = timed
+    rows = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t, gen_time[0] = time.time(), 0.0
+
+        def on_step_end(self, args, state, control, **kw):
+            rows.append((time.time() - self.t, gen_time[0]))
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    steady = rows[1:] or rows
+    hist = [r for r in trainer.state.log_history if "completions/mean_length" in r]
+    return dict(rollouts=rollouts, steps=len(rows), threads=threads,
+                step_s=median([s for s, _ in steady]), generation_s=median([g for _, g in steady]),
+                loss_backward_s=median([s - g for s, g in steady]),
+                rollouts_per_step=rl.per_device_train_batch_size,
+                mean_completion_tokens=round(sum(r["completions/mean_length"] for r in hist) / max(len(hist), 1), 1))
+
+
+def sft(traces: str, steps: int, work: Path, threads: int) -> dict:
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.sft import build_sft_trainer
+
+    torch.set_num_threads(threads)
+    cfg = load_config("configs/tiny.yaml")
+    s = cfg.sft.model_copy(update=dict(max_steps=steps, logging_steps=1))
+    trainer = build_sft_trainer(cfg.base_model, traces, s, str(work / "sft"), seed=0)
+    t = time.time()
+    trainer.train()
+    wall = time.time() - t
+    tokens = max(r.get("num_tokens", 0) for r in trainer.state.log_history)
+    return dict(steps=steps, threads=threads, seconds=round(wall, 2), tokens=int(tokens),
+                tokens_per_s=round(tokens / wall, 1), batch=s.per_device_train_batch_size)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["grpo", "sft"])
+    ap.add_argument("--rollouts", default="cb", choices=["cb", "trl"])
+    ap.add_argument("--traces")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    res = grpo(a.rollouts, a.steps, work, a.threads) if a.what == "grpo" else sft(a.traces, a.steps, work, a.threads)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
