@@ -9,9 +9,9 @@ import torch
 
 from pipeline import batching
 from pipeline.config import GenerationConfig
-from pipeline.sampling import Engine, load_tokenizer, sample
+from pipeline.sampling import Engine, load_tokenizer
 from tasks import get_task
-from tests.test_sampling import homogeneity_p, prompts_for, same_distribution_workload, sample_categories
+from tests.test_sampling import categories_of, homogeneity_p, prompts_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -110,12 +110,7 @@ def test_cb_and_generate_sample_the_same_distribution(toyworld):
     """Whole completions: a chi-square test of homogeneity on the samples' categories (as for
     vLLM in test_sampling.py) does not tell `cb` and `generate` apart, and does tell a colder
     temperature apart."""
-    task, problems, ps, model, gen = same_distribution_workload(toyworld)
-    hf = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(backend="hf", **gen), seed=1))
-    cb = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(backend="cb", **gen), seed=1))
-    cold = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(
-        backend="cb", **{**gen, "temperature": 0.3}), seed=2))
-
+    hf, cb, cold = categories_of(toyworld, "hf", 1), categories_of(toyworld, "cb", 1), categories_of(toyworld, "cb", 2, 0.3)
     assert homogeneity_p(hf, cb) > 0.001, (collections.Counter(hf), collections.Counter(cb))
     assert homogeneity_p(cb, cold) < 0.001
 

@@ -108,16 +108,19 @@ def homogeneity_p(a: list[str], b: list[str]) -> float:
     return chi2_contingency([[ca[k] for k in keys], [cb[k] for k in keys]])[1]
 
 
-def same_distribution_workload(toyworld):
-    """The toy base on 16 level-1/2 problems: (task, problems, prompts, model path, generation fields)."""
+def categories_of(toyworld, backend: str, seed: int, temperature: float = 1.0) -> list[str]:
+    """The categories of 32 samples per problem from the toy base on 16 level-1/2 problems at
+    top_p 0.9 (vLLM in its own process, as the stages run it)."""
     from pipeline.sampling import load_tokenizer
 
     model = str(toyworld / "base")
     task = get_task("toy_arith")
     tok = load_tokenizer(model)
     problems = task.problems("test", 16, seed=0, levels=[1, 2])
-    return task, problems, [task.prompt(p, tok) for p in problems], model, dict(temperature=1.0, top_p=0.9,
-                                                                              max_tokens=64, batch_size=256)
+    ps = [task.prompt(p, tok) for p in problems]
+    gen = GenerationConfig(backend=backend, temperature=temperature, top_p=0.9, max_tokens=64, batch_size=256)
+    draw = sample_isolated if backend == "vllm" else sample
+    return sample_categories(task, problems, draw(model, ps, 32, gen, seed=seed))
 
 
 def test_hf_and_vllm_sample_the_same_distribution(toyworld):
@@ -126,11 +129,7 @@ def test_hf_and_vllm_sample_the_same_distribution(toyworld):
     temperature apart (the test has power)."""
     import collections
 
-    task, problems, ps, model, gen = same_distribution_workload(toyworld)
-    hf = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(backend="hf", **gen), seed=1))
-    vl = sample_categories(task, problems, sample_isolated(model, ps, 32, GenerationConfig(backend="vllm", **gen), seed=1))
-    cold = sample_categories(task, problems, sample(model, ps, 32, GenerationConfig(
-        backend="hf", **{**gen, "temperature": 0.3}), seed=2))
+    hf, vl, cold = categories_of(toyworld, "hf", 1), categories_of(toyworld, "vllm", 1), categories_of(toyworld, "hf", 2, 0.3)
 
     assert homogeneity_p(hf, vl) > 0.001, (collections.Counter(hf), collections.Counter(vl))
     assert homogeneity_p(hf, cold) < 0.001, (collections.Counter(hf), collections.Counter(cold))
