@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -152,7 +153,7 @@ class SFTConfig(Strict):
     enabled: bool = True  # the arm runs when there is a teacher; false leaves it out of the study
     learning_rate: float = Field(5e-4, gt=0)
     num_train_epochs: float = Field(2.0, gt=0)
-    max_steps: int = -1
+    max_steps: int = -1  # > 0: this many optimizer steps, overriding num_train_epochs (TRL's field)
     per_device_train_batch_size: int = Field(32, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(512, ge=8)
@@ -178,6 +179,13 @@ class RLConfig(Strict):
     beta: float = Field(0.0, ge=0)
     epsilon: float = Field(0.2, gt=0)
     epsilon_high: float | None = None
+    # trl.GRPOConfig's advantage scaling: by the group's reward std (GRPO), the batch's, or none (Dr. GRPO)
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # DAPO's overlong filtering: completions cut off at max_completion_length get no loss (TRL's name)
+    mask_truncated_completions: bool = False
+    # DAPO's soft overlong punishment (trl.rewards.get_soft_overlong_punishment, L_cache): a reward from 0
+    # down to -1 over the last soft_punish_cache tokens before max_completion_length; 0 leaves it out
+    soft_punish_cache: int = Field(0, ge=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     learning_rate: float = Field(1e-4, gt=0)
@@ -227,6 +235,26 @@ class RLConfig(Strict):
                 f"num_generations={self.num_generations}"
             )
         return self
+
+    def prompts_per_step(self, num_processes: int = 1) -> float:
+        """Distinct prompts per optimizer step, as TRL 1.16 walks them: per_device_train_batch_size x
+        gradient_accumulation_steps x processes rollouts, num_generations per prompt, each generation
+        batch reused num_iterations times (rl.extra)."""
+        rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+        return rollouts / self.num_generations / self.extra.get("num_iterations", 1)
+
+
+def curriculum_error(level_counts: dict, max_steps: int, prompts_per_step: float) -> str | None:
+    """rl.curriculum walks the problems sorted by level: the error when max_steps x prompts_per_step
+    prompts never reach the hardest level ({level: problems}); None when they do."""
+    levels = sorted(lv for lv in level_counts if lv is not None)
+    before = sum(level_counts[lv] for lv in levels[:-1])
+    if len(levels) < 2 or max_steps * prompts_per_step > before:
+        return None
+    return (f"rl.curriculum: rl.max_steps={max_steps} x {prompts_per_step:g} prompts per step = "
+            f"{int(max_steps * prompts_per_step)} prompts never reach level {levels[-1]} (levels {levels} hold "
+            f"{[level_counts[lv] for lv in levels]} problems, the last starting at prompt {before + 1}); expected "
+            f"rl.max_steps >= {math.floor(before / prompts_per_step) + 1}, or fewer problems per level")
 
 
 class DistillConfig(Strict):
@@ -415,6 +443,22 @@ class ExperimentConfig(Strict):
         for part in dotted.split("."):
             cur = getattr(cur, part)
         return cur
+
+    @model_validator(mode="after")
+    def _curriculum_reaches_every_level(self):
+        # assumes each task's train_size splits evenly over its levels (tasks.base.Task.problems) and that
+        # all of them reach RL; with rl.pass_rate_filter the count is known only at training (pipeline/rl.py)
+        rl = self.rl
+        if rl.enabled and rl.curriculum and not rl.one_shot and not rl.pass_rate_filter and all(
+                t.levels for t in self.tasks if t.train_size):
+            counts: dict[int, int] = {}
+            for t in (t for t in self.tasks if t.train_size):
+                for i, lv in enumerate(t.levels):
+                    counts[lv] = counts.get(lv, 0) + t.train_size // len(t.levels) + (i < t.train_size % len(t.levels))
+            err = curriculum_error(counts, rl.max_steps, rl.prompts_per_step(self.compute.num_processes))
+            if err:
+                raise ValueError(err)
+        return self
 
     @model_validator(mode="after")
     def _distill_needs_teacher(self):

@@ -1,7 +1,8 @@
 """The `rl` arm: RLVR with a verifiable reward, from the same base as SFT.
 
-TRL's GRPOTrainer (rl.algorithm: grpo, with its loss_type grpo|dapo|dr_grpo|bnpo, entropy_coef and
-top_entropy_quantile) or RLOOTrainer (rl.algorithm: rloo). Variants on top: one-shot RLVR
+TRL's GRPOTrainer (rl.algorithm: grpo, with its loss_type grpo|dapo|dr_grpo|bnpo, scale_rewards, entropy_coef
+and top_entropy_quantile) or RLOOTrainer (rl.algorithm: rloo); for both, DAPO's overlong filtering
+(rl.mask_truncated_completions) and soft overlong punishment (rl.soft_punish_cache, a second reward). Variants on top: one-shot RLVR
 (rl.one_shot), a curriculum by difficulty (rl.curriculum), the Logic-RL reward (rl.reward), and
 snapshots for the training-length table (rl.snapshots). Each training prompt is `task.prompt(problem, tokenizer)`, identical to what
 the evaluator samples from; the reward is the task's own `reward` (exactly `verify` unless
@@ -23,18 +24,40 @@ import csv
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.arms import Arm
-from pipeline.config import RLConfig
+from pipeline.config import RLConfig, curriculum_error
+from pipeline.probe import Probe
 from pipeline.train_common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
                                    read_rows, resume_point, same_named, snapshot_steps)
 from tasks.base import Problem, Task, encode_prompt
 
+# the TRL release whose private GRPOTrainer/RLOOTrainer API with_cb_rollouts overrides (_generate_single_turn,
+# with the trainer attributes it reads); constraints.txt pins it, `check_trl_private_api` refuses any other
+TRL_PRIVATE_API = "1.16"
+
+
+def check_trl_private_api(trainer_cls, method: str, strict: bool = True) -> None:
+    """One-line TrainInputError unless the installed TRL is the release the override of the private
+    `trainer_cls.method` was written for; strict=False asks only that the method exists."""
+    import trl
+
+    exists = hasattr(trainer_cls, method)
+    if exists and (not strict or trl.__version__.split(".")[:2] == TRL_PRIVATE_API.split(".")):
+        return
+    escape = " or set rl.rollouts: trl" if method == "_generate_single_turn" else ""
+    raise TrainInputError(f"pipeline/rl.py overrides TRL's private {trainer_cls.__name__}.{method} written for trl "
+                          f"{TRL_PRIVATE_API}.*; installed trl {trl.__version__}{'' if exists else ' has no such method'}: "
+                          f"install the pinned set with `make setup`{escape}")
+
+
 # RLConfig fields named as trl.GRPOConfig / trl.RLOOConfig name them
-RLOO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperature", "top_p", "max_completion_length")
-GRPO_FIELDS = RLOO_FIELDS + ("loss_type", "top_entropy_quantile", "entropy_coef")
+RLOO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperature", "top_p", "max_completion_length",
+               "mask_truncated_completions")
+GRPO_FIELDS = RLOO_FIELDS + ("loss_type", "scale_rewards", "top_entropy_quantile", "entropy_coef")
 
 ARM = Arm(
     name="rl", module="pipeline.rl", data="problems",
@@ -113,6 +136,8 @@ def with_our_prompt_encoding(trainer_cls):
     special tokens, which doubles the BOS of a chat-rendered prompt for Llama-3, Mistral or Gemma."""
     from trl.data_utils import is_conversational
 
+    check_trl_private_api(trainer_cls, "_tokenize_prompts", strict=False)
+
     class Trainer(trainer_cls):
         def _tokenize_prompts(self, prompts: list):
             if is_conversational({"prompt": prompts[0]}):
@@ -135,6 +160,7 @@ def with_cb_rollouts(trainer_cls):
 
     from pipeline import batching
 
+    check_trl_private_api(trainer_cls, "_generate_single_turn")
     # GRPOTrainer's returns (completion_ids, logprobs); RLOOTrainer's (no num_generations argument) the ids alone
     with_logprobs = "num_generations" in inspect.signature(trainer_cls._generate_single_turn).parameters
 
@@ -155,7 +181,10 @@ def with_cb_rollouts(trainer_cls):
                     groups.append([list(ids), 1])
             n = groups[0][1] if len({c for _, c in groups}) == 1 else 1
             prompts = [g for g, _ in groups] if n > 1 else [list(ids) for ids in prompt_ids]
-            seed = int(torch.randint(0, 2**62, (1,)))  # from the trainer's seeded RNG: runs repeat
+            # cb's draws are a function of (seed, prompt key = index in this call, sample, step): a fresh seed per
+            # call, from the trainer's seeded RNG (runs repeat) with its step and this call's count folded in
+            self._cb_calls = getattr(self, "_cb_calls", 0) + 1
+            seed = (int(torch.randint(0, 2**62, (1,))) * 1_000_003 + self.state.global_step) * 1_000_003 + self._cb_calls
             was_training = model.training
             model.eval()
             try:
@@ -193,13 +222,30 @@ def one_shot_problem(problems: list[Problem], rates_csv: Path) -> Problem:
     return max(problems, key=lambda p: rate.get(p.id, 0.0) * (1 - rate.get(p.id, 0.0)))
 
 
+def rl_args(cfg: RLConfig, out_dir: str, seed: int, checkpoints: str | None = None, save_steps: int = 0):
+    """The trl.GRPOConfig (or RLOOConfig) the RL arm trains with: our fields under TRL's names, then `extra`."""
+    from trl import GRPOConfig, RLOOConfig
+
+    if cfg.algorithm == "rloo" and cfg.scale_rewards != "group":
+        raise TrainInputError(f"rl.scale_rewards: {cfg.scale_rewards!r} is a GRPO option (trl.GRPOConfig); expected "
+                              f"algorithm: grpo, or leave it at 'group' for rloo (RLOO does not scale its advantages)")
+    if cfg.soft_punish_cache >= cfg.max_completion_length:
+        raise TrainInputError(f"rl.soft_punish_cache: expected fewer than max_completion_length="
+                              f"{cfg.max_completion_length} tokens, got {cfg.soft_punish_cache}")
+    fields = common_fields(cfg, out_dir, seed, checkpoints, save_steps)
+    fields.update(same_named(cfg, GRPO_FIELDS if cfg.algorithm == "grpo" else RLOO_FIELDS), use_vllm=False,
+                  lr_scheduler_type=cfg.lr_scheduler_type,
+                  # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
+                  warmup_steps=cfg.warmup_ratio, shuffle_dataset=not cfg.curriculum)
+    return build_args(RLOOConfig if cfg.algorithm == "rloo" else GRPOConfig, "rl", fields, cfg.extra)
+
+
 def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
                      checkpoints: str | None = None, save_steps: int = 0):
     """The configured trl.GRPOTrainer, not yet trained."""
     problems = load_problems(problems_path)  # first: a bad file fails before the heavy imports
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
-    from trl import GRPOConfig
 
     from tasks import build_tasks
 
@@ -221,22 +267,25 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
     data = Dataset.from_list(
         [{"prompt": tasks[p.task].prompt(p, tokenizer), "problem": json.dumps(p.to_dict())} for p in problems]
     )
-    reward = TaskReward(tasks, cfg.reward)
-    fields = common_fields(cfg, out_dir, seed, checkpoints, save_steps)
-    fields.update(same_named(cfg, GRPO_FIELDS if cfg.algorithm == "grpo" else RLOO_FIELDS), use_vllm=False,
-                  lr_scheduler_type=cfg.lr_scheduler_type,
-                  # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
-                  warmup_steps=cfg.warmup_ratio, shuffle_dataset=not cfg.curriculum)
-    if cfg.algorithm == "rloo":
-        from trl import RLOOConfig, RLOOTrainer
+    rewards: list = [TaskReward(tasks, cfg.reward)]
+    if cfg.soft_punish_cache:  # DAPO's soft overlong punishment, added to the task's reward
+        from trl.rewards import get_soft_overlong_punishment
 
-        config_cls, trainer_cls = RLOOConfig, with_our_prompt_encoding(RLOOTrainer)
+        rewards.append(get_soft_overlong_punishment(cfg.max_completion_length, cfg.soft_punish_cache))
+    args = rl_args(cfg, out_dir, seed, checkpoints, save_steps)
+    if cfg.curriculum and cfg.pass_rate_filter and not cfg.one_shot:  # the filtered count: known only now
+        err = curriculum_error(Counter(p.difficulty for p in problems), cfg.max_steps, cfg.prompts_per_step(args.world_size))
+        if err:
+            raise TrainInputError(f"{problems_path}: {err}")
+    if cfg.algorithm == "rloo":
+        from trl import RLOOTrainer
+
+        trainer_cls = with_our_prompt_encoding(RLOOTrainer)
         if cfg.rollouts == "cb":
             trainer_cls = with_cb_rollouts(trainer_cls)
     else:
-        config_cls, trainer_cls = GRPOConfig, grpo_trainer_class(cfg.rollouts)
-    args = build_args(config_cls, "rl", fields, cfg.extra)
-    trainer = trainer_cls(model=base_model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer)
+        trainer_cls = grpo_trainer_class(cfg.rollouts)
+    trainer = trainer_cls(model=base_model, reward_funcs=rewards, args=args, train_dataset=data, processing_class=tokenizer)
     add_snapshots(trainer, snapshot_steps(cfg.max_steps, cfg.snapshots),
                   Path(checkpoints or out_dir) / SNAPSHOTS)
     return trainer
@@ -249,7 +298,14 @@ def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out
     With `checkpoints`, checkpoint every save_steps steps there and resume from the newest one."""
     trainer = build_rl_trainer(base_model, problems_path, task_specs, cfg, out_dir, seed, checkpoints, save_steps)
     log.info("%s: %d problems, base %s -> %s", cfg.algorithm, len(trainer.train_dataset), base_model, out_dir)
+    probe = None
+    if cfg.curriculum or cfg.one_shot:  # health from a fixed probe set: the log's windows hold different prompts
+        one = json.loads(trainer.train_dataset[0]["problem"])["id"] if cfg.one_shot else None
+        probe = Probe(trainer, load_problems(problems_path), trainer.reward_funcs[0].tasks, cfg, seed, exclude=one)
+        probe.start()
     result = trainer.train(resume_from_checkpoint=resume_point(checkpoints))
+    if probe:
+        probe.finish(out_dir)
     last = {k: v for row in trainer.state.log_history for k, v in row.items() if k in ("reward", "accuracy")}
     return finish(trainer, result, out_dir, {"num_problems": len(trainer.train_dataset), **{f"final_{k}": v for k, v in last.items()}})
 

@@ -52,7 +52,7 @@ def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir
     data = Dataset.from_list([tokenize_example(tokenizer, str(r["prompt"]), str(r["completion"])) for r in rows])
     fields = common_fields(cfg, out_dir, seed, checkpoints, save_steps)
     fields.update(
-        num_train_epochs=cfg.num_train_epochs,
+        num_train_epochs=cfg.num_train_epochs,  # max_steps > 0 (common_fields) overrides it
         max_length=cfg.max_length,
         # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio
         warmup_steps=min(cfg.warmup_ratio, 0.999),

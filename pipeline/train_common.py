@@ -179,9 +179,12 @@ def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | 
             if where.resolve() != (out / SNAPSHOTS).resolve():
                 os.replace(where / f"step-{s}", out / SNAPSHOTS / f"step-{s}")
     m = train_output.metrics
+    data = getattr(trainer, "train_dataset", None)
     metrics = {
         "train_loss": float(train_output.training_loss),
-        "global_step": int(train_output.global_step),
+        "global_step": int(train_output.global_step),  # optimizer steps
+        "epoch": float(trainer.state.epoch or 0.0),  # passes over the training set (fractional)
+        **({"num_examples": len(data)} if data is not None else {}),  # training rows (traces, prompts)
         "train_runtime": float(m.get("train_runtime", 0.0)),
         "train_samples_per_second": float(m.get("train_samples_per_second", 0.0)),
         **(extra_metrics or {}),

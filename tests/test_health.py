@@ -1,10 +1,13 @@
 """Training health on real log histories: the default study's GRPO run (learned), the first toy
-world's GRPO run (did not: 0.03 -> 0.055 in 200 steps), and a short SFT run (learned)."""
+world's GRPO run (did not: 0.03 -> 0.055 in 200 steps), and a short SFT run (learned); flat,
+falling and too-short runs; the probe set of curriculum and one-shot runs; a curriculum's reach."""
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
-from pipeline.health import check_arm, describe, plot_arm, read_history
+from pipeline.health import check_arm, check_probe, describe, plot_arm, read_history
 
 H = Path(__file__).resolve().parent / "fixtures" / "log_histories"
 
@@ -18,22 +21,107 @@ def test_a_grpo_run_that_learned():
 
 def test_a_grpo_run_that_did_not_learn():
     h = check_arm(read_history(H / "rl_not_learning.json"), "rl")
-    assert h["learned"] is False
+    assert h["judged"] is True and h["learned"] is False
     assert h["first"] == pytest.approx(0.0305, abs=1e-3) and h["last"] == pytest.approx(0.0555, abs=1e-3)
-    # detectable (the CI is above zero) but negligible: below health.min_gain, so not a run that learned
-    assert h["ci_low"] > 0 and "below health.min_gain=0.05" in h["reason"]
-    assert check_arm(read_history(H / "rl_not_learning.json"), "rl", min_gain=0.0)["learned"] is True
+    # +0.025 over 100 points: within the autocorrelated noise (the lower bound is at 0), and below min_gain
+    assert h["ci_low"] <= 0 and "lower bound is at or below 0" in h["reason"]
+    assert check_arm(read_history(H / "rl_not_learning.json"), "rl", min_gain=0.0)["learned"] is False
 
 
-def test_sft_uses_token_accuracy_and_too_short_histories_are_not_health():
+def test_sft_uses_token_accuracy_and_too_short_histories_are_not_judged():
     h = check_arm(read_history(H / "sft_learning.json"), "sft")
-    assert h["metric"] == "mean_token_accuracy" and h["learned"] is True
-    short = read_history(H / "rl_learning.json")[:2]
-    assert check_arm(short, "rl")["learned"] is False and "only 2 logged points" in check_arm(short, "rl")["reason"]
-    assert check_arm([{"loss": 1.0, "step": 1}], "rl")["reason"] == "no accuracy/reward in the log history"
+    assert h["metric"] == "mean_token_accuracy" and h["learned"] is True and h["judged"] is True
+    short = read_history(H / "rl_learning.json")[:5]
+    h = check_arm(short, "rl")
+    assert h["judged"] is False and h["learned"] is False and "not judged: only 5 logged points" in h["reason"]
+    assert describe("rl", h).startswith("rl: not judged: only 5 logged points")
+    assert check_arm([{"loss": 1.0, "step": 1}], "rl")["reason"] == "not judged: no accuracy/reward in the log history"
+
+
+def _history(values):
+    return [{"step": 5 * (i + 1), "accuracy": v} for i, v in enumerate(values)]
+
+
+def test_health_flat_and_falling_runs_did_not_learn():
+    rng = np.random.default_rng(1)
+    flat = check_arm(_history(0.4 + 0.03 * rng.standard_normal(30)), "rl")
+    assert flat["judged"] is True and flat["learned"] is False and "lower bound is at or below 0" in flat["reason"]
+    falling = check_arm(_history(np.linspace(0.6, 0.2, 30) + 0.03 * rng.standard_normal(30)), "rl")
+    assert falling["judged"] is True and falling["learned"] is False and falling["diff"] < -0.2
+    assert falling["reason"].startswith("the metric fell (-0.")
+    rising = check_arm(_history(np.linspace(0.2, 0.6, 30) + 0.03 * rng.standard_normal(30)), "rl")
+    assert rising["learned"] is True and rising["first_steps"] == [5, 15] and rising["last_steps"] == [125, 150]
+
+
+def test_health_reads_a_probe():
+    start, end = [1, 0, 2, 1, 0, 3, 1, 0, 2, 1], [3, 2, 4, 2, 1, 4, 3, 1, 4, 2]
+    h = check_probe({"samples": 4, "problems": [str(i) for i in range(10)], "start": start, "end": end})
+    assert h["source"] == "probe.json" and h["judged"] is True and h["learned"] is True
+    assert h["first"] == pytest.approx(0.275) and h["last"] == pytest.approx(0.65) and h["ci_low"] > 0
+    same = check_probe({"samples": 4, "start": start, "end": start})
+    assert same["learned"] is False and same["diff"] == 0
+    few = check_probe({"samples": 4, "start": start[:3], "end": end[:3]})
+    assert few["judged"] is False and "only 3 probe problems" in few["reason"]
 
 
 def test_curves_are_drawn(tmp_path):
     png = plot_arm(read_history(H / "rl_learning.json"), "rl", tmp_path / "rl.png", "rl")
     assert png.stat().st_size > 10_000
     assert plot_arm([{"step": 1}], "sft", tmp_path / "none.png", "x") is None
+
+
+@pytest.mark.parametrize("variant", ["curriculum", "one_shot"])
+def test_health_of_curriculum_and_one_shot_runs_reads_the_probe(variant, tmp_path, toyworld, one_torch_thread):
+    """Both change what the log's windows hold (easy then hard prompts; one memorised problem), so
+    train_rl scores a fixed probe set at the start and the end, and the report's health reads it."""
+    import csv
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.config import RLConfig, TaskSpec
+    from pipeline.probe import PROBE_SAMPLES, score
+    from pipeline.report import training_health
+    from pipeline.rl import train_rl
+    from tasks import build_tasks, get_task
+
+    spec = TaskSpec(name="toy_arith", train_size=12, test_size=2, levels=[1, 2])
+    probs = get_task("toy_arith").problems("train", 12, seed=0, levels=[1, 2])
+    d = tmp_path / "rlprompts"
+    (d / "base-train").mkdir(parents=True)
+    (d / "train.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in probs))
+    with open(d / "base-train" / "per_problem.csv", "w") as f:  # one-shot's pick: the only 2-of-4 problem
+        csv.writer(f).writerows([["model", "problem_id", "n", "correct"]] +
+                                [["base", p.id, 4, 2 if i == 3 else 0] for i, p in enumerate(probs)])
+    variant_fields = dict(curriculum=True) if variant == "curriculum" else dict(one_shot=True, pass_rate_filter=True)
+    cfg = RLConfig(num_generations=4, per_device_train_batch_size=8, max_steps=2, max_completion_length=24,
+                   logging_steps=1, extra={"gradient_checkpointing": False, "disable_tqdm": True}, **variant_fields)
+    out = tmp_path / "model"
+    train_rl(str(toyworld / "base"), str(d / "train.jsonl"), [spec], cfg, str(out), seed=0)
+    probe = json.loads((out / "probe.json").read_text())
+    expected = 11 if variant == "one_shot" else 12  # every distinct problem but the one-shot one
+    assert len(probe["problems"]) == len(set(probe["problems"])) == expected
+    assert (probes_one_shot := probs[3].id in probe["problems"]) is (variant != "one_shot"), probes_one_shot
+    assert len(probe["start"]) == len(probe["end"]) == expected and probe["samples"] == PROBE_SAMPLES
+    assert all(0 <= c <= PROBE_SAMPLES for c in probe["start"] + probe["end"])
+    if variant == "curriculum":  # the start is the base's own score on the probe, before the first step
+        by_id = {p.id: p for p in probs}
+        base = AutoModelForCausalLM.from_pretrained(toyworld / "base")
+        assert score(base, AutoTokenizer.from_pretrained(toyworld / "base"), build_tasks([spec]),
+                     [by_id[i] for i in probe["problems"]], samples=PROBE_SAMPLES, temperature=cfg.temperature,
+                     top_p=cfg.top_p, max_tokens=cfg.max_completion_length, seed=0) == probe["start"]
+    h = training_health({"rl": out / "log_history.json"}, tmp_path, seed=0, min_gain=0.05)["rl"]
+    assert h["source"] == "probe.json" and h["metric"] == "probe accuracy" and h["points"] == expected
+    assert h["judged"] is True and h["first"] == pytest.approx(sum(probe["start"]) / (PROBE_SAMPLES * expected))
+
+
+def test_health_a_curriculum_must_reach_every_level_it_names():
+    from pipeline.config import ConfigError, load_config
+
+    cfg = load_config("configs/knights-knaves.yaml")  # the preset: 16 steps x 2 prompts reach both levels
+    assert cfg.rl.curriculum and cfg.rl.max_steps * cfg.rl.prompts_per_step() >= cfg.tasks[0].train_size
+    tasks = "[{name: knights_knaves, train_size: 64, levels: [2, 3], options: {reward: logic_rl}}]"
+    with pytest.raises(ConfigError, match=r"rl.curriculum: rl.max_steps=16 x 2 prompts per step = 32 prompts never "
+                                          r"reach level 3 .*expected rl.max_steps >= 17"):
+        load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks)})
+    assert load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks), "rl.max_steps": 17})

@@ -84,6 +84,7 @@ def test_sft_masks_prompt_tokens(world, tmp_path):
 def test_sft_trains_and_saves_a_loadable_model(world, sft_model):
     out, metrics = sft_model
     assert metrics["global_step"] == 60 and metrics["num_examples"] == 1
+    assert metrics["epoch"] == pytest.approx(60.0)  # one trace at batch 1: an epoch per step
     assert metrics["train_loss"] > 0 and metrics["train_runtime"] > 0
     assert json.loads((out / METRICS_FILE).read_text()) == metrics
     losses = [r["loss"] for r in json.loads((out / LOG_HISTORY_FILE).read_text()) if "loss" in r]
@@ -175,23 +176,33 @@ def test_grpo_runs_and_logs_reward_and_accuracy(world, sft_model, tmp_path):
     assert AutoTokenizer.from_pretrained(out).chat_template == world["tok"].chat_template
 
 
-def test_grpo_cb_rollouts_group_prompts_and_end_at_eos(world, sft_model, tmp_path):
+def test_grpo_cb_rollouts_group_prompts_and_end_at_eos(toyworld, tmp_path):
     """rl.rollouts: cb. TRL hands over each prompt num_generations times in a row; the engine
     prefills it once and returns that many completions in TRL's order, each ending at its EOS or
-    at max_completion_length; the memorised problem's rollouts verify."""
-    sft_dir, _ = sft_model
+    at max_completion_length. Near temperature 0 each group is the model's greedy answer to its own
+    prompt (two problems with different answers), so groups cannot be swapped or mixed."""
     cfg = RLConfig(num_generations=3, per_device_train_batch_size=3, max_steps=1, max_completion_length=24,
-                   extra=FAST)
-    trainer = build_rl_trainer(str(sft_dir), world["problems_path"], [SPEC], cfg, str(tmp_path / "o"), seed=0)
+                   temperature=1e-3, extra=FAST)
+    task = get_task("toy_arith")
+    problems = task.problems("train", 2, seed=1, levels=[2])
+    path = write_jsonl(tmp_path / "p.jsonl", [p.to_dict() for p in problems])
+    trainer = build_rl_trainer(str(toyworld / "base"), str(path), [SPEC], cfg, str(tmp_path / "o"), seed=0)
     tok = trainer.processing_class
-    p0, p1 = world["problems"][0], world["problems"][1]
-    ids = [encode_prompt(tok, world["task"].prompt(p, tok)) for p in (p0, p0, p0, p1, p1, p1)]
+    p0, p1 = problems
+    assert p0.answer != p1.answer
+    prompts = [encode_prompt(tok, task.prompt(p, tok)) for p in (p0, p1)]
+    greedy = []
+    with torch.no_grad():
+        for ids in prompts:
+            gen = trainer.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
+            greedy.append(gen[0, len(ids):].tolist())
+    assert greedy[0] != greedy[1]
     trainer.model.train()  # as during training
-    out, logprobs = trainer._generate_single_turn(ids, None, {}, 3)
+    out, logprobs = trainer._generate_single_turn([prompts[0]] * 3 + [prompts[1]] * 3, None, {}, 3)
     assert len(out) == 6 and logprobs is None
     for seq in out:
         assert seq[-1] in trainer.eos_token_ids or len(seq) == 24
-    assert all(world["task"].verify(p0, tok.decode(s, skip_special_tokens=True)) for s in out[:3])
+    assert out == [greedy[0]] * 3 + [greedy[1]] * 3  # each group answers its own prompt, in TRL's order
     assert trainer.model.training  # handed back in training mode
     assert trainer.model.config._attn_implementation == "sdpa"  # training keeps its attention
 
