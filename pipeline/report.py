@@ -1,8 +1,10 @@
 """The report: pass@k table and curves for every model, and three verdicts computed from the data.
 
-Each verdict is a paired difference over the shared test problems with a seeded 95% bootstrap
-CI; one whose CI includes zero says "not distinguishable". A verdict about an arm whose training
-did not learn (pipeline.health) is "inconclusive", and without resamples there is no verdict.
+Each verdict is a paired difference over the shared test problems with a 95% t-interval on the
+per-problem differences (pipeline.passk); one whose CI includes zero says "not distinguishable" and
+adds the minimum detectable difference (MDD, 80% power, two-sided alpha 0.05) of the comparison. A
+verdict about an arm whose training did not learn (pipeline.health) is "inconclusive", and without
+resamples (eval.bootstrap: 0) there is no verdict.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pipeline import plots
 from pipeline.analysis import analyze
 from pipeline.arms import arms, get_arm
 from pipeline.config import ExperimentConfig
-from pipeline.health import check_arm, describe, plot_arm, read_history
+from pipeline.health import PROBE_FILE, check_arm, check_probe, describe, plot_arm, read_history
 from pipeline.io import read_jsonl
 from pipeline.passk import paired_difference, passk_table
 from tasks import build_tasks, spec_label
@@ -26,18 +28,18 @@ def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.Data
             health: dict[str, dict] | None = None) -> dict:
     """pass@k_a(a) − pass@k_b(b) with its CI, in words. A comparison with an arm whose training did
     not learn is inconclusive, and one without resamples (eval.bootstrap: 0) states no verdict."""
-    d, lo, hi, m = paired_difference(pp[a], pp[b], k_a, k_b, n_boot=n_boot, seed=seed)
+    d, lo, hi, m, mdd = paired_difference(pp[a], pp[b], k_a, k_b, n_boot=n_boot, seed=seed)
     sick = [x for x in (a, b) if x in (health or {}) and not health[x]["learned"]]
     if sick:
         words = "inconclusive: " + "; ".join(f"the {x} run did not learn ({describe(x, health[x])})" for x in sick)
     elif math.isnan(lo):
         words = "no verdict: eval.bootstrap is 0, so there is no confidence interval"
     elif lo <= 0 <= hi:
-        words = "not distinguishable (the 95% CI includes zero)"
+        words = f"not distinguishable (the 95% CI includes zero; could have detected |d| >= {mdd:.3f})"
     else:
         words = f"{a} {'higher' if d > 0 else 'lower'} than {b}"
     label = f"{a} pass@{k_a} − {b} pass@{k_b}"
-    return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, verdict=words,
+    return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, mdd=mdd, verdict=words,
                 conclusive=not sick and not math.isnan(lo))
 
 
@@ -80,7 +82,10 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     lo = passk.pivot(index="k", columns="model", values="ci_low")
     hi = passk.pivot(index="k", columns="model", values="ci_high")
     models = list(pp)
-    ci_words = (f"95% bootstrap CIs over problems ({nb} resamples, seed {seed})" if nb else
+    ci_words = (f"95% bootstrap CIs over problems ({nb} resamples, seed {seed}); each verdict's CI is the 95% "
+                "t-interval on the per-problem paired differences d_i, and its MDD, the smallest difference the "
+                "comparison detects with 80% power at two-sided alpha 0.05, is (z_0.975 + z_0.8) × sd(d_i) / sqrt(N) "
+                "= 2.80 × sd(d_i) / sqrt(N) for N test problems" if nb else
                 "no confidence intervals and no verdicts (eval.bootstrap is 0)")
     lines = [f"# {cfg.name}: distillation vs RL", "",
              f"Base `{cfg.base_model}`, teacher `{cfg.teacher_model}`, tasks "
@@ -92,7 +97,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     lines += ["## Verdicts", ""]
     for v in verdicts:
         lines.append(f"- **{v['comparison']}** = {v['diff']:+.3f}{_ci(v['ci_low'], v['ci_high'])} "
-                     f"on {v['problems']} problems: {v['verdict']}.")
+                     f"on {v['problems']} problems (MDD {v['mdd']:.3f}): {v['verdict']}.")
     lines += ["", "## pass@k", "", "![pass@k curves](passk.png)", "",
               "| k | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for k in table.index:
@@ -122,6 +127,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
             metrics.append((f"summary/{m}_pass_at_1", table.loc[1, m], 0))
         metrics.append((f"summary/{m}_pass_at_{k_max}", table.loc[k_max, m], 0))
     metrics += [(f"summary/verdict_{v['name']}", v["diff"], 0) for v in verdicts]
+    metrics += [(f"summary/verdict_{v['name']}_mdd", v["mdd"], 0) for v in verdicts if not math.isnan(v["mdd"])]
     metrics += [(f"summary/{arm}_learned", float(h["learned"]), 0) for arm, h in health.items()]
     # the parent run gets only the curves and headline numbers, so its chart view opens on them
     return dict(verdicts=verdicts, health=health, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
@@ -133,7 +139,9 @@ def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain:
     for arm, path in train_logs.items():
         history = read_history(path)
         spec = get_arm(arm)
-        health[arm] = check_arm(history, spec.health_metrics, min_gain=min_gain, seed=seed)
+        probe = Path(path).parent / PROBE_FILE  # curriculum and one-shot RL runs: their probe set (pipeline/probe.py)
+        health[arm] = (check_probe(json.loads(probe.read_text()), min_gain) if probe.is_file()
+                       else check_arm(history, spec.health_metrics, min_gain=min_gain, seed=seed))
         png = plot_arm(history, spec.curves, out / f"training_{arm}.png", f"{arm}: training curves")
         health[arm]["plot"] = png.name if png else None
     return health
@@ -143,17 +151,19 @@ def training_length(evals: dict[str, Path], snapshots: dict[str, Path], k_max: i
                     out: Path) -> tuple[pd.DataFrame, list[str]]:
     """pass@1 and pass@k_max of each arm at its training snapshots and at the end (the paper's
     longer-training comparison), every point from the same evaluator: training_length.csv and .png."""
-    rows = []
+    rows, per_problem = [], []
     for name, d in {**snapshots, **{a: evals[a] for a in {s.split("@")[0] for s in snapshots}}}.items():
         arm, step = (name.split("@") + [None])[:2]
         final_steps = json.loads((Path(json.loads((d / "stage.json").read_text())["model_path"]) /
                                   "train_metrics.json").read_text())["global_step"] if step is None else None
         pp = pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str})
         t = passk_table(pp, [1, k_max], n_boot=n_boot, seed=seed)
+        per_problem.append(pp.assign(model=arm, step=int(step or final_steps)))
         rows += [dict(arm=arm, step=int(step or final_steps), k=int(r.k), pass_at_k=r.pass_at_k, ci_low=r.ci_low,
                       ci_high=r.ci_high) for r in t.itertuples()]
     tab = pd.DataFrame(rows).sort_values(["arm", "step", "k"]).reset_index(drop=True)
     tab.to_csv(out / "training_length.csv", index=False)
+    pd.concat(per_problem, ignore_index=True).to_csv(out / "training_length_per_problem.csv", index=False)  # pipeline.study
     plots.training_length(tab, out / "training_length.png")
     md = ["", "## Training length", "", "Each arm's snapshots, evaluated like the final model.", "",
           "![training length](training_length.png)", ""]
@@ -171,18 +181,21 @@ def health_markdown(health: dict[str, dict]) -> list[str]:
     if not health:
         return []
     lines = ["## Training health", "",
-             "Each trained arm's training metric, first 10% of logged steps against the last 20%, with a 95% "
-             "bootstrap CI of the difference. An arm learned when that CI lies above zero and the gain is at "
-             "least `health.min_gain`.", ""]
+             "Each trained arm's training metric, first 10% of logged steps against the last 20% (or, for "
+             "curriculum and one-shot RL, a fixed probe set at the start and the end), with one-sided 95% bounds of "
+             "the difference. An arm learned when the lower bound is above zero and the gain is at least "
+             "`health.min_gain`; too few points are not judged.", ""]
     for arm, h in health.items():
         if not h["learned"]:
-            lines.append(f"> **Warning: the {arm} run did not learn** ({describe(arm, h)}). Every verdict that "
+            state = "did not learn" if h.get("judged", True) else "was not judged"
+            lines.append(f"> **Warning: the {arm} run {state}** ({describe(arm, h)}). Every verdict that "
                          f"involves {arm} is inconclusive until this is fixed.")
             lines.append("")
-    lines += _table(["arm", "metric", "first window", "last window", "difference [95% CI]", "learned"],
+    lines += _table(["arm", "metric", "first window", "last window", "difference [one-sided 95% bounds]", "learned"],
                     [[arm, h.get("metric") or "n/a", h.get("first", float("nan")), h.get("last", float("nan")),
                       f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]" if "diff" in h else h.get("reason"),
-                      "yes" if h["learned"] else "**no**"] for arm, h in health.items()])
+                      "yes" if h["learned"] else "**no**" if h.get("judged", True) else "not judged"]
+                     for arm, h in health.items()])
     lines.append("")
     lines += [f"![{arm} training curves]({h['plot']})" for arm, h in health.items() if h.get("plot")]
     return lines + [""]

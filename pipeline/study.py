@@ -1,17 +1,22 @@
 """A sweep's own report: its members side by side and the paper's tables (pipeline.sweep).
 
-Reads every member's report directory (passk.csv, verdicts.json, health.json, models.json and,
-when the arms saved snapshots, training_length.csv) and writes runs/<study>/report/:
+Reads every member's report directory (per_problem.csv, passk.csv, verdicts.json, health.json,
+models.json and, when the arms saved snapshots, training_length.csv and training_length_per_problem.csv)
+and writes runs/<study>/report/:
 
 - members.csv: one row per member, its swept values and headline numbers;
 - algorithms.csv/.md (the paper's Table 2): per RL variant (every axis but the seed), pass@1,
-  pass@k_max and dSE = base pass@k_max − RL pass@1, each the mean over seeds with a 95% t-interval
-  across seeds, and how many seeds' RL runs passed the health check;
+  pass@k_max and dSE = base pass@k_max − RL pass@1, and how many seeds' RL runs passed the health check;
 - training_length.csv/.md/.png: pass@1 and pass@k_max at each arm's snapshots and end, over seeds;
-- sft_data_size.csv/.md/.png: SFT pass@1 and pass@k_max against the number of teacher traces used.
+- sft_data_size.csv/.md/.png: SFT pass@1 and pass@k_max, optimizer steps and epochs against the
+  number of teacher traces used.
 
-A CI across seeds needs two seeds at least; with one seed a cell shows that member's own 95%
-bootstrap CI over the test problems instead (marked "problems").
+Every cell is the mean over seeds with a 95% two-level bootstrap interval (seed_problem_ci): seeds
+drawn with replacement, then the test problems (the same draw for every seed when they share the
+test set), so one seed or tied seeds still show the uncertainty of a finite test set and finite
+samples. With fewer than 3 seeds a cell also lists the per-seed values: the interval cannot show
+seed-to-seed variation that two seeds do not reveal. A member swept to null is kept (its key reads
+"null"); members that differ in k_max are refused (pipeline.sweep refuses them before anything runs).
 """
 from __future__ import annotations
 
@@ -21,33 +26,78 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pipeline import plots
+from pipeline.passk import per_problem_passk, resample_weights
 from pipeline.sweep import Sweep
 
 SEED_AXES = ("seed",)
+N_BOOT, BOOT_SEED = 2000, 0
+CI_WORDS = (f"mean over seeds with a 95% two-level bootstrap interval ({N_BOOT} resamples: seeds with replacement, "
+            "then the test problems, the same problems in every seed); with fewer than 3 seeds the per-seed values "
+            "follow in parentheses, and the interval does not cover seed-to-seed variation they do not show")
 
 
-def seed_ci(values) -> tuple[float, float, float]:
-    """Mean and 95% t-interval across seeds (NaN bounds with fewer than two)."""
-    v = np.asarray(list(values), dtype=float)
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, math.nan, math.nan
-    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - h, m + h
+def seed_problem_ci(per_seed: list[pd.Series], n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[float, float, float]:
+    """Mean over seeds of each seed's mean over problems (per_seed: one Series per seed, indexed by
+    problem_id), and its 95% percentile interval from a two-level bootstrap: seeds with replacement,
+    then problems with replacement (one draw shared by every seed when they hold the same problems).
+    NaN bounds when a seed has fewer than two problems."""
+    vals = [s.to_numpy(dtype=float) for s in per_seed]
+    mean = float(np.mean([v.mean() for v in vals]))
+    if min(len(v) for v in vals) < 2:
+        return mean, math.nan, math.nan
+    ids = per_seed[0].index
+    if all(len(s) == len(ids) and set(s.index) == set(ids) for s in per_seed):
+        m = np.stack([s.reindex(ids).to_numpy(dtype=float) for s in per_seed])  # [seed, problem]
+        means = resample_weights(len(ids), n_boot, seed) @ m.T / len(ids)  # [resample, seed]
+    else:  # different test sets: each seed's problems resampled on their own
+        means = np.stack([resample_weights(len(v), n_boot, seed + 1 + i) @ v / len(v) for i, v in enumerate(vals)], axis=1)
+    pick = np.random.default_rng(seed).integers(0, len(vals), size=(n_boot, len(vals)))
+    lo, hi = np.percentile(np.take_along_axis(means, pick, axis=1).mean(axis=1), [2.5, 97.5])
+    return mean, float(lo), float(hi)
 
 
-def _cell(values, g: pd.DataFrame | None = None, col: str | None = None) -> str:
-    """Mean over seeds [95% t-interval across seeds]; with one seed, the member's own bootstrap CI
-    over problems when the member rows `g` carry it (`<col>_ci_low/_ci_high`)."""
-    m, lo, hi = seed_ci(values)
-    if not math.isnan(lo):
-        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
-    if g is not None and len(g) == 1 and f"{col}_ci_low" in g and not pd.isna(g[f"{col}_ci_low"].iloc[0]):
-        return f"{m:.3f} [{g[f'{col}_ci_low'].iloc[0]:.3f}, {g[f'{col}_ci_high'].iloc[0]:.3f}] (problems)"
-    return f"{m:.3f}"
+def _cell(per_seed: list[pd.Series]) -> tuple[str, tuple[float, float, float]]:
+    """"mean [lo, hi]" and, with fewer than 3 seeds, "(seed values)"; and the numbers."""
+    m, lo, hi = seed_problem_ci(per_seed)
+    text = f"{m:.3f}" + ("" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]")
+    if len(per_seed) < 3:
+        text += " (" + ", ".join(f"{s.mean():.3f}" for s in per_seed) + ")"
+    return text, (m, lo, hi)
+
+
+def _key(v) -> str:
+    return "null" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _groups(df: pd.DataFrame, keys: list[str]):
+    """(key tuple, rows) per distinct value of `keys` in order of appearance, missing values
+    included (as "null": pandas' groupby would drop them)."""
+    if not keys:
+        return [((), df)]
+    labels = df[keys].map(_key)
+    return [(k if isinstance(k, tuple) else (k,), df.loc[g.index]) for k, g in labels.groupby(keys, sort=False)]
+
+
+class PerProblem:
+    """Per-problem pass@k of a model in a member's report (per_problem.csv), read once per member."""
+
+    def __init__(self, reports: dict[str, Path]):
+        self.reports, self.cache = reports, {}
+
+    def values(self, member: str, model: str, k: int, file: str = "per_problem.csv", **where) -> pd.Series:
+        if (member, file) not in self.cache:
+            self.cache[member, file] = pd.read_csv(self.reports[member] / file, dtype={"problem_id": str})
+        pp = self.cache[member, file]
+        sel = pp["model"] == model
+        for col, v in where.items():
+            sel &= pp[col] == v
+        g = pp[sel]
+        if g.empty:
+            raise ValueError(f"{self.reports[member] / file}: no rows for model {model!r} {where or ''}")
+        return pd.Series(per_problem_passk(g["n"].to_numpy(), g["correct"].to_numpy(), [k])[:, 0],
+                         index=g["problem_id"].to_numpy())
 
 
 def member_rows(sweep: Sweep, reports: dict[str, Path]) -> pd.DataFrame:
@@ -67,11 +117,15 @@ def member_rows(sweep: Sweep, reports: dict[str, Path]) -> pd.DataFrame:
         for arm, h in json.loads((d / "health.json").read_text()).items():
             row[f"{arm}_learned"] = bool(h["learned"])
         for arm, info in json.loads((d / "models.json").read_text()).items():
-            for k in ("num_examples", "num_problems", "global_step"):
+            for k in ("num_examples", "num_problems", "global_step", "epoch"):
                 if k in info.get("train_metrics", {}):
                     row[f"{arm}_{k}"] = info["train_metrics"][k]
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if df["k_max"].nunique() > 1:
+        found = ", ".join(f"{r.member}: {r.k_max}" for r in df.drop_duplicates("k_max").itertuples())
+        raise ValueError(f"study {sweep.study}: members differ in pass@k_max ({found}); one table needs one eval.n and eval.ks")
+    return df
 
 
 def group_axes(sweep: Sweep) -> list[str]:
@@ -79,37 +133,43 @@ def group_axes(sweep: Sweep) -> list[str]:
     return [f"sweep.{a}" for a in axes if a not in SEED_AXES]
 
 
-def algorithms_table(df: pd.DataFrame, axes: list[str], arm: str = "rl") -> tuple[pd.DataFrame, list[str]]:
-    rows = []
-    for key, g in (df.groupby(axes, sort=False) if axes else [((), df)]):
-        key = key if isinstance(key, tuple) else (key,)
-        dse = g["base_pass_at_kmax"] - g[f"{arm}_pass_at_1"]
-        learned = g.get(f"{arm}_learned", pd.Series(dtype=bool))
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def algorithms_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, arm: str = "rl",
+                     notes: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    k_max = int(df["k_max"].iloc[0])
+    rows, md_rows = [], []
+    for key, g in _groups(df, axes):
+        members = list(g["member"])
+        base_k = [pp.values(m, "base", k_max) for m in members]
+        arm_1 = [pp.values(m, arm, 1) for m in members]
+        cols = {f"{arm}_pass_at_1": arm_1, f"{arm}_pass_at_kmax": [pp.values(m, arm, k_max) for m in members],
+                "dse": [b - a for b, a in zip(base_k, arm_1)], "base_pass_at_kmax": base_k}
         row = {a.removeprefix("sweep."): k for a, k in zip(axes, key)}
         row["seeds"] = len(g)
-        for name, vals in ((f"{arm}_pass_at_1", g[f"{arm}_pass_at_1"]), (f"{arm}_pass_at_kmax", g[f"{arm}_pass_at_kmax"]),
-                           ("dse", dse), ("base_pass_at_kmax", g["base_pass_at_kmax"])):
-            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = seed_ci(vals)
+        cells = []
+        for name, per_seed in cols.items():
+            text, (row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"]) = _cell(per_seed)
+            cells.append(text)
+        learned = g.get(f"{arm}_learned", pd.Series(dtype=bool))
         row["learned"] = f"{int(learned.sum())}/{len(g)}"
         rows.append(row)
-    tab = pd.DataFrame(rows)
-    k_max = int(df["k_max"].iloc[0])
+        md_rows.append(list(key) + [str(len(g))] + cells + [row["learned"]])
+    included = ("What each variant includes is in the notes below the table." if notes else
+                "The sweep preset gives no `notes:` on what each variant includes.")
     md = ["## Algorithms (the paper's Table 2)", "",
-          f"Mean over seeds with a 95% t-interval across seeds; dSE = base pass@{k_max} − {arm} pass@1 (lower is "
-          f"better); learned: seeds whose {arm} run passed the training-health check.", ""]
-    head = [a.removeprefix("sweep.") for a in axes] + ["seeds", "pass@1", f"pass@{k_max}", "dSE", f"base pass@{k_max}", "learned"]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (key, g), (_, r) in zip((df.groupby(axes, sort=False) if axes else [((), df)]), tab.iterrows()):
-        key = key if isinstance(key, tuple) else (key,)
-        cells = [str(k) for k in key] + [str(len(g)), _cell(g[f"{arm}_pass_at_1"], g, f"{arm}_pass_at_1"),
-                                         _cell(g[f"{arm}_pass_at_kmax"], g, f"{arm}_pass_at_kmax"),
-                                         _cell(g["base_pass_at_kmax"] - g[f"{arm}_pass_at_1"]),
-                                         _cell(g["base_pass_at_kmax"], g, "base_pass_at_kmax"), r["learned"]]
-        md.append("| " + " | ".join(cells) + " |")
-    return tab, md
+          f"Each cell: {CI_WORDS}. dSE = base pass@{k_max} − {arm} pass@1 per problem (lower is better); learned: "
+          f"seeds whose {arm} run passed the training-health check. {included}", ""]
+    md += _md_table([a.removeprefix("sweep.") for a in axes] + ["seeds", "pass@1", f"pass@{k_max}", "dSE",
+                                                                f"base pass@{k_max}", "learned"], md_rows)
+    if notes:
+        md += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return pd.DataFrame(rows), md
 
 
-def training_length_table(sweep: Sweep, reports: dict[str, Path], axes: list[str], out: Path):
+def training_length_table(sweep: Sweep, reports: dict[str, Path], axes: list[str], out: Path, pp: PerProblem):
     parts = []
     for m in sweep.members:
         f = reports[m.name] / "training_length.csv"
@@ -118,42 +178,62 @@ def training_length_table(sweep: Sweep, reports: dict[str, Path], axes: list[str
     if not parts:
         return None, ["## Training length", "", "No member saved snapshots (set rl.snapshots, e.g. 2)."]
     df = pd.concat(parts, ignore_index=True)
-    keys = axes + ["arm", "step", "k"]
-    rows = []
-    for key, g in df.groupby(keys, sort=True):
-        m, lo, hi = seed_ci(g["pass_at_k"])
-        rows.append({**dict(zip(keys, key)), "seeds": len(g), "pass_at_k": m, "ci_low": lo, "ci_high": hi})
+    k_max = int(df["k"].max())
+    rows, md_rows = [], []
+    df = df.sort_values(axes + ["arm", "step"], kind="stable", key=lambda c: c.map(_key) if c.name != "step" else c)
+    for key, g in _groups(df, axes + ["arm", "step"]):
+        cells = []
+        for k in (1, k_max):
+            members = list(g.loc[g["k"] == k, "member"])
+            if all((reports[m] / "training_length_per_problem.csv").is_file() for m in members):
+                per_seed = [pp.values(m, key[-2], k, "training_length_per_problem.csv", step=int(key[-1]))
+                            for m in members]
+                text, (mean, lo, hi) = _cell(per_seed)
+            else:  # a report from before training_length_per_problem.csv: the seeds' values, no interval
+                vals = g.loc[g["k"] == k, "pass_at_k"]
+                mean, lo, hi = float(vals.mean()), math.nan, math.nan
+                text = f"{mean:.3f} (" + ", ".join(f"{v:.3f}" for v in vals) + ")"
+            cells.append(text)
+            rows.append({**dict(zip(axes + ["arm", "step"], key)), "k": k, "seeds": len(members),
+                         "pass_at_k": mean, "ci_low": lo, "ci_high": hi})
+        md_rows.append(list(key) + [str(g["member"].nunique())] + cells)
     tab = pd.DataFrame(rows)
+    tab["step"] = tab["step"].astype(int)
     label = tab[axes].astype(str).agg(" ".join, axis=1) if axes else ""
-    plot_tab = tab.assign(arm=(tab["arm"] + (" " + label if axes else "")))
-    plots.training_length(plot_tab, out / "training_length.png", "pass@k against training steps (mean over seeds)")
-    k_max = int(tab["k"].max())
-    md = ["## Training length", "", "Each arm's snapshots and final model, each evaluated by the same evaluator; "
-          "mean over seeds with a 95% t-interval across seeds.", "", "![training length](training_length.png)", ""]
-    head = [a.removeprefix("sweep.") for a in axes] + ["arm", "step", "seeds", "pass@1", f"pass@{k_max}"]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, g in df.groupby(axes + ["arm", "step"], sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        cells = [_cell(x["pass_at_k"], x.rename(columns={"ci_low": "p_ci_low", "ci_high": "p_ci_high"}), "p")
-                 for x in (g[g["k"] == 1], g[g["k"] == k_max])]
-        md.append("| " + " | ".join([str(k) for k in key] + [str(g["member"].nunique()), *cells]) + " |")
+    plots.training_length(tab.assign(arm=(tab["arm"] + (" " + label if axes else ""))), out / "training_length.png",
+                          "pass@k against training steps (mean over seeds)")
+    md = ["## Training length", "", f"Each arm's snapshots and final model, each evaluated by the same evaluator; "
+          f"{CI_WORDS}.", "", "![training length](training_length.png)", ""]
+    md += _md_table([a.removeprefix("sweep.") for a in axes] + ["arm", "step", "seeds", "pass@1", f"pass@{k_max}"], md_rows)
     return tab, md
 
 
-def sft_data_size_table(df: pd.DataFrame, axes: list[str], out: Path):
+def _spread(vals: pd.Series, fmt: str) -> str:
+    """The distinct values over seeds, e.g. "120" or "118/120"; "n/a" when not recorded."""
+    v = [format(x, fmt) for x in vals.dropna()]
+    return "/".join(dict.fromkeys(v)) or "n/a"
+
+
+def sft_data_size_table(df: pd.DataFrame, axes: list[str], out: Path, pp: PerProblem):
     if "sft_pass_at_1" not in df or "sft_num_examples" not in df:
         return None, ["## SFT data size", "", "No SFT arm in this study."]
     rest = [a for a in axes if a != "sweep.sft.max_traces"]
-    rows = []
-    for key, g in df.groupby(rest + ["sft_num_examples"], sort=True):
-        key = key if isinstance(key, tuple) else (key,)
+    k_max = int(df["k_max"].iloc[0])
+    rows, md_rows = [], []
+    for key, g in _groups(df.sort_values("sft_num_examples", kind="stable"), rest + ["sft_num_examples"]):
         row = {**dict(zip([a.removeprefix("sweep.") for a in rest] + ["traces"], key)), "seeds": len(g)}
-        for col in ("sft_pass_at_1", "sft_pass_at_kmax"):
-            row[col], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = seed_ci(g[col])
+        row["traces"] = int(float(row["traces"]))
+        steps, epochs = (_spread(g.get(f"sft_{c}", pd.Series(dtype=float)), f) for c, f in (("global_step", ".0f"),
+                                                                                          ("epoch", ".2f")))
+        row["steps"], row["epochs"] = steps, epochs
+        cells = []
+        for col, k in (("sft_pass_at_1", 1), ("sft_pass_at_kmax", k_max)):
+            text, (row[col], row[f"{col}_ci_low"], row[f"{col}_ci_high"]) = _cell([pp.values(m, "sft", k) for m in g["member"]])
+            cells.append(text)
         row["learned"] = f"{int(g.get('sft_learned', pd.Series(dtype=bool)).sum())}/{len(g)}"
         rows.append(row)
+        md_rows.append(list(key[:-1]) + [str(row["traces"]), steps, epochs, str(len(g))] + cells + [row["learned"]])
     tab = pd.DataFrame(rows)
-    k_max = int(df["k_max"].iloc[0])
     long = pd.concat([tab.assign(k=1, pass_at_k=tab["sft_pass_at_1"], ci_low=tab["sft_pass_at_1_ci_low"],
                                  ci_high=tab["sft_pass_at_1_ci_high"]),
                       tab.assign(k=k_max, pass_at_k=tab["sft_pass_at_kmax"], ci_low=tab["sft_pass_at_kmax_ci_low"],
@@ -161,15 +241,10 @@ def sft_data_size_table(df: pd.DataFrame, axes: list[str], out: Path):
     plots.training_length(long.assign(arm="sft", step=long["traces"]), out / "sft_data_size.png",
                           "SFT pass@k against the number of teacher traces (mean over seeds)")
     md = ["## SFT data size", "", f"SFT pass@1 and pass@{k_max} against the number of verified teacher traces it "
-          "trained on; mean over seeds with a 95% t-interval across seeds.", "",
-          "![SFT data size](sft_data_size.png)", ""]
-    head = [a.removeprefix("sweep.") for a in rest] + ["traces", "seeds", "pass@1", f"pass@{k_max}", "learned"]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (key, g), (_, r) in zip(df.groupby(rest + ["sft_num_examples"], sort=True), tab.iterrows()):
-        key = key if isinstance(key, tuple) else (key,)
-        md.append("| " + " | ".join([str(k) for k in key] + [str(len(g)), _cell(g["sft_pass_at_1"], g, "sft_pass_at_1"),
-                                                             _cell(g["sft_pass_at_kmax"], g, "sft_pass_at_kmax"),
-                                                             r["learned"]]) + " |")
+          f"trained on, with its optimizer steps and epochs (passes over those traces; values over seeds joined by "
+          f"/); {CI_WORDS}.", "", "![SFT data size](sft_data_size.png)", ""]
+    md += _md_table([a.removeprefix("sweep.") for a in rest] + ["traces", "steps", "epochs", "seeds", "pass@1",
+                                                               f"pass@{k_max}", "learned"], md_rows)
     return tab, md
 
 
@@ -177,9 +252,10 @@ def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, second
     df = member_rows(sweep, reports)
     df.to_csv(out / "members.csv", index=False)
     axes = group_axes(sweep)
+    pp = PerProblem(reports)
     lines = [f"# {sweep.study}: a sweep of {len(sweep.members)} members", "",
              f"Base experiment `{sweep.config}`; axes: " + ", ".join(
-                 f"`{a}` ({', '.join(map(str, dict.fromkeys(m.values[a] for m in sweep.members)))})"
+                 f"`{a}` ({', '.join(map(_key, dict.fromkeys(m.values[a] for m in sweep.members)))})"
                  for a in sweep.members[0].values) + ".", "",
              "Every member's report: `members/<member>/report/report.md`; one row per member: `members.csv`.", ""]
     unhealthy = [c.removesuffix("_learned") for c in df.columns if c.endswith("_learned") and not df[c].all()]
@@ -190,11 +266,11 @@ def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, second
     tables = {}
     for t in sweep.tables:
         if t == "algorithms":
-            tab, md = algorithms_table(df, axes)
+            tab, md = algorithms_table(df, axes, pp, notes=sweep.notes)
         elif t == "training_length":
-            tab, md = training_length_table(sweep, reports, axes, out)
+            tab, md = training_length_table(sweep, reports, axes, out, pp)
         else:
-            tab, md = sft_data_size_table(df, axes, out)
+            tab, md = sft_data_size_table(df, axes, out, pp)
         if tab is not None:
             tab.to_csv(out / f"{t}.csv", index=False)
             (out / f"{t}.md").write_text("\n".join(md) + "\n")

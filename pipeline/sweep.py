@@ -31,7 +31,7 @@ import yaml
 from pipeline.config import ConfigError, load_config
 
 TABLES = ("algorithms", "training_length", "sft_data_size")
-KEYS = {"study", "config", "set", "sweep", "tables"}
+KEYS = {"study", "config", "set", "sweep", "tables", "notes"}
 
 
 @dataclass
@@ -47,16 +47,17 @@ class Sweep:
     config: str
     members: list[Member]
     tables: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed under the algorithms table (what each variant includes)
 
     def spec(self) -> dict:
         """Plain data for a Luigi parameter."""
-        return {"study": self.study, "config": self.config, "tables": list(self.tables),
+        return {"study": self.study, "config": self.config, "tables": list(self.tables), "notes": list(self.notes),
                 "members": [{"name": m.name, "values": m.values, "overrides": m.overrides} for m in self.members]}
 
     @classmethod
     def from_spec(cls, d) -> "Sweep":
         return cls(d["study"], d["config"], [Member(m["name"], dict(m["values"]), dict(m["overrides"]))
-                                             for m in d["members"]], list(d["tables"]))
+                                             for m in d["members"]], list(d["tables"]), list(d.get("notes", [])))
 
 
 def is_sweep_file(path: str | Path) -> bool:
@@ -91,7 +92,7 @@ def expand(config: str, study: str, sets: dict[str, Any], axes: dict[str, Any], 
             points.append([(axis, v, {axis: v}) for v in vals])
         else:
             raise ConfigError(f"{source}: sweep.{axis}: expected a non-empty list of values or a mapping of named points")
-    members, seen = [], set()
+    members, seen, k_max = [], set(), {}
     for combo in itertools.product(*points):
         values = {axis: v for axis, v, _ in combo}
         name = "__".join(f"{axis}-{_value_name(v)}" for axis, v, _ in combo) or study
@@ -103,9 +104,13 @@ def expand(config: str, study: str, sets: dict[str, Any], axes: dict[str, Any], 
             ov.update(o)
         ov.update(study=study, name=name)
         try:
-            load_config(config, ov)
+            ev = load_config(config, ov).eval
         except ConfigError as e:
             raise ConfigError(f"{source}: member {name}: {e}") from None
+        k_max.setdefault(max(ev.ks or [ev.n]), name)
+        if len(k_max) > 1:  # the study's tables have one pass@k_max column
+            raise ConfigError(f"{source}: sweep: members differ in the largest k (eval.n / eval.ks): "
+                              + ", ".join(f"{m}: {k}" for k, m in k_max.items()) + " (sweep eval.n in separate studies)")
         members.append(Member(name, values, ov))
     return Sweep(study, config, members, list(tables or []))
 
@@ -124,5 +129,10 @@ def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> Sweep:
         raise ConfigError(f"{p}: set: expected a mapping of dotted keys to values")
     if not isinstance(data["sweep"], dict) or not data["sweep"]:
         raise ConfigError(f"{p}: sweep: expected a mapping of axes (dotted key or point-set name) to values")
-    return expand(base, study, {**(data.get("set") or {}), **(sets or {})}, data["sweep"], data.get("tables") or [],
-                  source=str(p))
+    notes = data.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ConfigError(f"{p}: notes: expected a list of sentences (printed under the algorithms table)")
+    sw = expand(base, study, {**(data.get("set") or {}), **(sets or {})}, data["sweep"], data.get("tables") or [],
+                source=str(p))
+    sw.notes = notes
+    return sw

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.passk import paired_difference, pass_at_k, passk_table
+from scipy import stats
+
+from pipeline.passk import mdd, paired_difference, pass_at_k, passk_table, predicted_mdd
 
 
 def closed_form(n, c, k):
@@ -53,11 +55,49 @@ def test_table_mean_and_seeded_bootstrap_ci():
     assert t1.pass_at_k.is_monotonic_increasing
 
 
-def test_paired_difference_sign_and_ci():
-    ids = [f"p{i}" for i in range(40)]
-    a = pd.DataFrame({"problem_id": ids, "n": 8, "correct": 8})
-    b = pd.DataFrame({"problem_id": ids, "n": 8, "correct": 0})
-    d, lo, hi, m = paired_difference(a, b, 1, 1, n_boot=200, seed=0)
-    assert (d, lo, hi, m) == (1.0, 1.0, 1.0, 40)
-    d, lo, hi, _ = paired_difference(a, a, 1, 1, n_boot=200)
-    assert d == 0 and lo <= 0 <= hi
+def test_bootstrap_ci_width_matches_the_analytic_one_and_ignores_problem_order():
+    rng = np.random.default_rng(0)
+    pp = pd.DataFrame({"model": "m", "problem_id": [f"p{i}" for i in range(300)], "n": 16,
+                       "correct": rng.binomial(16, rng.uniform(0, 1, 300))})
+    t = passk_table(pp, [1], n_boot=2000, seed=1)
+    v = pp["correct"] / 16
+    half = 1.96 * v.std() / np.sqrt(len(v))
+    assert (t.ci_high - t.ci_low).item() / 2 == pytest.approx(half, rel=0.1)
+    shuffled = passk_table(pp.sample(frac=1, random_state=5), [1], n_boot=2000, seed=1)
+    pd.testing.assert_frame_equal(t, shuffled)
+
+
+def _correlated(rng, n_problems=200):
+    ids = [f"p{i}" for i in range(n_problems)]
+    p = rng.uniform(0, 1, n_problems)  # problem difficulty, shared by both models
+    a = pd.DataFrame({"model": "a", "problem_id": ids, "n": 16, "correct": rng.binomial(16, p)})
+    b = pd.DataFrame({"model": "b", "problem_id": ids, "n": 16, "correct": rng.binomial(16, np.clip(p + 0.05, 0, 1))})
+    return a, b
+
+
+def test_paired_difference_is_the_t_interval_on_per_problem_differences():
+    a, b = _correlated(np.random.default_rng(1))
+    d = (a["correct"] - b["correct"]) / 16
+    diff, lo, hi, m, mdd_ = paired_difference(a, b, 1, 1)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std() / np.sqrt(len(d))
+    assert (diff, m) == (pytest.approx(d.mean()), 200)
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert mdd_ == pytest.approx((1.959964 + 0.841621) * d.std() / np.sqrt(len(d)), rel=1e-5)
+    # order of the problems does not matter
+    assert paired_difference(a.sample(frac=1, random_state=2), b, 1, 1)[:3] == pytest.approx((diff, lo, hi))
+    # pairing removes the shared difficulty: narrower than combining the two models' own CIs
+    ta, tb = passk_table(a, [1], n_boot=1000), passk_table(b, [1], n_boot=1000)
+    unpaired = np.hypot((ta.ci_high - ta.ci_low).item(), (tb.ci_high - tb.ci_low).item())
+    assert hi - lo < 0.5 * unpaired
+    # no interval without resamples (eval.bootstrap: 0), and no shared problems is an error
+    assert np.isnan(paired_difference(a, b, 1, 1, n_boot=0)[1])
+    with pytest.raises(ValueError, match="share no problem ids"):
+        paired_difference(a, b.assign(problem_id="x" + b["problem_id"]), 1, 1)
+
+
+def test_predicted_mdd_scales_with_the_square_root_of_the_test_set():
+    a, b = _correlated(np.random.default_rng(3))
+    measured = paired_difference(a, b, 1, 8)[4]
+    assert predicted_mdd(a, b, 1, 8, 200) == pytest.approx(measured)
+    assert predicted_mdd(a, b, 1, 8, 800) == pytest.approx(measured / 2)
+    assert mdd(np.zeros(5)) == 0 and np.isnan(mdd(np.ones(1)))

@@ -20,6 +20,7 @@ from tasks import build_tasks, problems_for
 from test_analysis import N, make_problems, write_evals
 
 BASE = [0, 1, 10, 5, 0, 3, 9, 10, 0, 2, 1, 0]  # correct of N per problem; 8 of 12 problems solved
+SFT = [1] + BASE[1:]  # one more problem solved than the base: pass@10 +1/12, a CI that spans zero
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -44,8 +45,8 @@ def problems():
 
 @pytest.fixture(scope="module")
 def evals(tmp_path_factory, problems):
-    # RL solves every problem every time; SFT equals the base exactly
-    return write_evals(tmp_path_factory.mktemp("evals"), problems, {"base": BASE, "rl": [10] * 12, "sft": BASE})
+    # RL solves every problem every time; SFT solves one problem more than the base
+    return write_evals(tmp_path_factory.mktemp("evals"), problems, {"base": BASE, "rl": [10] * 12, "sft": SFT})
 
 
 def report(tmp_path, cfg, evals, logs=None):
@@ -63,9 +64,36 @@ def test_verdict_signs_and_words_on_known_counts(tmp_path, toyworld, evals):
     base_k10 = sum(c > 0 for c in BASE) / 12  # 8 of 12 problems
     assert v["base_vs_rl_kmax"]["diff"] == pytest.approx(base_k10 - 1.0)
     assert v["base_vs_rl_kmax"]["ci_high"] < 0 and v["base_vs_rl_kmax"]["verdict"] == "base lower than rl"
-    assert v["sft_vs_base_kmax"]["diff"] == 0 and "not distinguishable" in v["sft_vs_base_kmax"]["verdict"]
+    # d = 1/12 on one problem of 12: sd(d) = sqrt(1/12) / 12 ... the t-interval and the MDD by hand
+    s = v["sft_vs_base_kmax"]
+    d = [1.0] + [0.0] * 11
+    sd = pd.Series(d).std()
+    half = 2.200985 * sd / math.sqrt(12)  # t_0.975 with 11 degrees of freedom
+    assert s["diff"] == pytest.approx(1 / 12) and (s["ci_low"], s["ci_high"]) == pytest.approx((1 / 12 - half, 1 / 12 + half))
+    assert s["mdd"] == pytest.approx((1.959964 + 0.841621) * sd / math.sqrt(12), rel=1e-5)
+    assert s["verdict"] == f"not distinguishable (the 95% CI includes zero; could have detected |d| >= {s['mdd']:.3f})"
+    assert v["rl_vs_base_pass1"]["mdd"] > 0 and "could have detected" not in v["rl_vs_base_pass1"]["verdict"]
     md = (out / "report.md").read_text()
     assert f"**rl pass@1 − base pass@1** = {1.0 - base_p1:+.3f}" in md and "rl higher than base" in md
+    assert f"(MDD {s['mdd']:.3f}): not distinguishable" in md and "(z_0.975 + z_0.8) × sd(d_i) / sqrt(N)" in md
+    assert {x["name"]: x["mdd"] for x in json.loads((out / "verdicts.json").read_text())} == {
+        n: x["mdd"] for n, x in v.items()}
+    metrics = {name: value for name, value, _ in res["parent_metrics"]}
+    assert metrics["summary/verdict_sft_vs_base_kmax_mdd"] == pytest.approx(s["mdd"])
+
+
+def test_an_sft_arm_that_did_not_learn_is_inconclusive(tmp_path, toyworld, evals):
+    """A flat SFT history: its verdict says inconclusive, not "not distinguishable", though d != 0."""
+    hist = json.loads((HISTORIES / "sft_learning.json").read_text())
+    for i, h in enumerate(hist):
+        h["mean_token_accuracy"], h["loss"] = 0.85 + 0.01 * (i % 2), 0.4
+    flat = tmp_path / "sft_flat.json"
+    flat.write_text(json.dumps(hist))
+    out, res = report(tmp_path, cfg_for(tmp_path, toyworld), evals, {"sft": flat})
+    v = {x["name"]: x for x in res["verdicts"]}["sft_vs_base_kmax"]
+    assert res["health"]["sft"]["learned"] is False
+    assert v["diff"] == pytest.approx(1 / 12) and not v["conclusive"]
+    assert v["verdict"].startswith("inconclusive: the sft run did not learn")
 
 
 def test_no_resamples_means_no_ci_and_no_verdict(tmp_path, toyworld, evals):

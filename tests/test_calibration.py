@@ -1,0 +1,159 @@
+"""Calibration of the statistical rules: how often each says "yes" when nothing happened (at most
+5%), and how often it sees a real effect. Simulated with numpy under a fixed seed; each test prints
+its table (pytest -s)."""
+import math
+
+import numpy as np
+
+from pipeline.health import MIN_POINTS, check_arm, learned, paired_test, window_test
+
+POINTS = (4, 6, 8, 15, 30, 60)
+RUNS = 2000
+RHO_MEASURED = 0.3  # the default preset's GRPO accuracy: ~0.15 from OLS residuals, ~0.25 bias-corrected (pipeline/health.py)
+SD_MEASURED = 0.068  # its residual sd per logged point around a quadratic trend
+
+
+def _ar1(rng, runs: int, m: int, rho: float, sd: float = 1.0) -> np.ndarray:
+    e = rng.standard_normal((runs, m))
+    x = np.empty((runs, m))
+    x[:, 0] = e[:, 0]
+    for t in range(1, m):
+        x[:, t] = rho * x[:, t - 1] + math.sqrt(1 - rho**2) * e[:, t]
+    return sd * x
+
+
+def _history(values):
+    return [{"step": 5 * (i + 1), "accuracy": float(v)} for i, v in enumerate(values)]
+
+
+def _learned_rate(values: np.ndarray, min_gain: float) -> float:
+    if values.shape[1] < MIN_POINTS:  # not judged, never learned
+        assert all(not check_arm(_history(v), "rl")["judged"] for v in values[:20])
+        return 0.0
+    *_, diff, lo, _hi = window_test(values)
+    return float(learned(lo, diff, min_gain).mean())
+
+
+def test_health_flat_histories_are_rarely_called_learned():
+    rng = np.random.default_rng(0)
+    table = {}
+    for noise, rho in (("iid", 0.0), (f"AR(1) {RHO_MEASURED}", RHO_MEASURED)):
+        for m in POINTS:
+            # accuracy around 0.4 with the measured sd; min_gain 0 leaves the bound alone to decide
+            flat = 0.4 + _ar1(rng, RUNS, m, rho, SD_MEASURED)
+            table[noise, m] = _learned_rate(flat, min_gain=0.0)
+    print("\nflat runs called learned:", {f"{k[0]} m={k[1]}": round(v, 4) for k, v in table.items()})
+    assert all(rate <= 0.05 for rate in table.values()), table
+
+
+def test_health_flat_histories_through_check_arm():
+    """The public check_arm on i.i.d. flat runs of 8 logged points (the old bootstrap rule: 17.5%)."""
+    rng = np.random.default_rng(1)
+    runs = 0.4 + 0.05 * rng.standard_normal((1000, 8))
+    rate = np.mean([check_arm(_history(v), "rl", min_gain=0.0)["learned"] for v in runs])
+    print(f"\ncheck_arm, flat i.i.d., 8 points: {rate:.3f} called learned")
+    assert rate <= 0.05
+
+
+def test_health_sees_the_default_presets_gain():
+    """Training accuracy 0.38 -> 0.66 over 30 logged points (the default preset's 150 steps), with
+    the measured noise, is called learned at least 90% of the time."""
+    rng = np.random.default_rng(2)
+    rising = np.linspace(0.38, 0.66, 30) + _ar1(rng, RUNS, 30, RHO_MEASURED, SD_MEASURED)
+    rate = _learned_rate(rising, min_gain=0.05)
+    print(f"\npower at 30 points: {rate:.3f}")
+    assert rate >= 0.90
+
+
+def test_health_probe_with_equal_rates_is_rarely_called_learned():
+    """Two binomial draws (4 samples each) at the same per-problem rate: the probe's paired bound."""
+    rng = np.random.default_rng(3)
+    table = {}
+    for n in (8, 32, 64):
+        for name, p in (("uniform", None), ("0.05", 0.05), ("0.5", 0.5), ("0.9", 0.9)):
+            rates = rng.uniform(0, 1, (RUNS, n)) if p is None else np.full((RUNS, n), p)
+            start, end = rng.binomial(4, rates) / 4, rng.binomial(4, rates) / 4
+            *_, diff, lo, _hi = paired_test(start, end)
+            table[n, name] = float(learned(lo, diff, 0.0).mean())
+    print("\nequal-rate probes called learned:", {f"n={k[0]} p={k[1]}": round(v, 4) for k, v in table.items()})
+    assert all(rate <= 0.05 for rate in table.values()), table
+
+
+# ---- verdicts: two evaluations of one model are rarely called different; the MDD is detected ~80% ----
+V_PAIRS, V_PROBLEMS, V_N = 2000, 100, 64
+NULL_PAIRS = 20_000  # the null's rate is the claim: simulated to +-0.0015
+
+
+def _toy_rates(rng, shape) -> np.ndarray:
+    """Per-problem pass rates like the toy base's (pass@1 ~0.23, pass@64 ~0.7): many near 0, a few
+    near 1, 8% never solved."""
+    p = rng.beta(0.3, 0.9, shape)
+    p[rng.random(shape) < 0.08] = 0.0
+    return p
+
+
+def _passk(c: np.ndarray, k: int) -> np.ndarray:
+    from pipeline.passk import per_problem_passk
+
+    return per_problem_passk(np.full_like(c, V_N), c, [k])[..., 0]
+
+
+def test_verdict_same_model_twice_is_rarely_called_different():
+    """Pairs of evaluations of the same model (two binomial draws per problem): the verdict's CI
+    excludes zero at most 5% of the time at k = 1, 8, 64 (the percentile bootstrap: 5.6-6.5%)."""
+    import pandas as pd
+
+    from pipeline.passk import paired_ci
+    from pipeline.report import verdict
+
+    rng = np.random.default_rng(10)
+    ids = [f"p{i}" for i in range(V_PROBLEMS)]
+    rates = {}
+    for k in (1, 8, 64):
+        p = _toy_rates(rng, (NULL_PAIRS, V_PROBLEMS))
+        x, y = rng.binomial(V_N, p), rng.binomial(V_N, p)
+        _, lo, hi = paired_ci(_passk(x, k) - _passk(y, k))  # the verdict's CI, vectorised over the pairs
+        differs = (lo > 0) | (hi < 0)
+        rates[k] = float(differs.mean())
+        for i in range(40):  # the report's verdict itself agrees pair by pair
+            pp = {"a": pd.DataFrame({"problem_id": ids, "n": V_N, "correct": x[i]}),
+                  "b": pd.DataFrame({"problem_id": ids, "n": V_N, "correct": y[i]})}
+            v = verdict("same", "a", "b", k, k, pp, n_boot=1000, seed=0)
+            assert abs(v["ci_low"] - lo[i]) < 1e-12 and abs(v["ci_high"] - hi[i]) < 1e-12
+            assert v["verdict"].startswith("not distinguishable") != bool(differs[i])
+    pooled = float(np.mean(list(rates.values())))
+    print(f"\nsame model twice called different ({NULL_PAIRS} pairs each):",
+          {f"k={k}": round(r, 4) for k, r in rates.items()}, f"pooled {pooled:.4f}")
+    # at most 5%: the pooled rate (60,000 pairs, Monte Carlo sd 0.0009) and each k's within two Monte
+    # Carlo sds (0.0015 at 20,000 pairs) of 5%
+    mc = 2 * math.sqrt(0.05 * 0.95 / NULL_PAIRS)
+    assert pooled <= 0.05 and all(r <= 0.05 + mc for r in rates.values()), rates
+
+
+def test_verdict_detects_a_difference_of_its_mdd_about_80_percent_of_the_time():
+    """A second model that fixes a share delta of each problem's failures, with delta chosen so
+    that the true pass@k difference equals the MDD the comparison reports (a fixed point: a real
+    effect adds variance to the differences, so the MDD is taken where the effect is), is called
+    higher about 80% of the time; the MDD predicted for a 4x test set is half the measured one."""
+    from pipeline.passk import MDD_FACTOR, mdd, paired_ci
+
+    rng = np.random.default_rng(11)
+    power = {}
+    for k in (1, 8, 64):
+        p = _toy_rates(rng, (V_PAIRS, V_PROBLEMS))
+        y = rng.binomial(V_N, p)
+        fail = ((1 - p) ** k).mean(axis=1, keepdims=True)  # 1 - true pass@k of the first model
+        target = 0.02
+        for _ in range(4):
+            ok = (target < fail)[:, 0]
+            delta = 1 - np.clip(1 - target / fail, 0, None) ** (1 / k)
+            q = p + delta * (1 - p)
+            d = _passk(rng.binomial(V_N, q), k) - _passk(y, k)
+            target = float(MDD_FACTOR * d[ok].std(axis=1, ddof=1).mean() / math.sqrt(V_PROBLEMS))
+        true = ((1 - p) ** k - (1 - q) ** k).mean(axis=1)[ok]
+        assert abs(true.mean() - target) < 0.1 * target  # the fixed point holds
+        _, lo, _ = paired_ci(d[ok])
+        power[k] = float((lo > 0).mean())
+        assert math.isclose(mdd(d[0], 4 * V_PROBLEMS), mdd(d[0]) / 2)
+    print("\ndetected at a true difference of the MDD:", {f"k={k}": round(r, 3) for k, r in power.items()})
+    assert all(0.72 <= r <= 0.9 for r in power.values()), power
