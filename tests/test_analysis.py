@@ -325,32 +325,44 @@ def test_ppl_is_over_completion_tokens_only_and_batch_invariant(toy_samples):
     assert other.nll != pytest.approx(one[0].nll, rel=1e-3)
 
 
-def test_perplexity_stage_end_to_end(toy_model, toy_samples, problems, tmp_path):
-    _, _, _, greedy, shuffled = toy_samples
+def test_perplexity_stage_end_to_end(toy_model, toy_samples, problems, toyworld, tmp_path):
+    _, _, prompts, greedy, shuffled = toy_samples
     ev = {
         "base": write_eval(tmp_path / "e" / "base", "base", problems, {p.id: [g, g] for p, g in zip(problems, greedy)}),
         "rl": write_eval(tmp_path / "e" / "rl", "rl", problems, {p.id: [s, s] for p, s in zip(problems, shuffled)}),
     }
     out = tmp_path / "ppl"
-    # the "rl" model is the base checkpoint itself, so its PPL of base samples must equal the base's
-    res = perplexity.main(["--base", toy_model, "--model", f"rl={toy_model}", "--evals", f"base={ev['base']}",
+    # the "rl" model is another checkpoint (the toy teacher): the stage must score with it, not with the base
+    teacher = str(toyworld / "teacher")
+    res = perplexity.main(["--base", toy_model, "--model", f"rl={teacher}", "--evals", f"base={ev['base']}",
                            f"rl={ev['rl']}", "--out", str(out), "--subset", "8", "--seed", "0", "--batch-size", "3"])
     saved = json.loads((out / "perplexity.json").read_text())
     assert (out / "_SUCCESS").is_file() and (out / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
     assert saved["subset"] == 8 and saved["ppl_under_base"]["base"]["n"] == 8
+    assert saved["models"] == {"rl": teacher}
     assert saved["ppl_under_base"]["base"]["median"] < saved["ppl_under_base"]["rl"]["median"]
-    assert saved["ppl_of_base_samples"]["rl"]["median"] == pytest.approx(saved["ppl_of_base_samples"]["base"]["median"])
+    assert saved["ppl_of_base_samples"]["rl"]["median"] != pytest.approx(saved["ppl_of_base_samples"]["base"]["median"])
     assert saved["entropy"]["rl"]["mean"] > 0 and saved["entropy"]["base"]["mean"] > 0
+    assert saved["entropy"]["rl"]["mean"] != pytest.approx(saved["entropy"]["base"]["mean"])
     assert "own sampled completions" in saved["entropy_method"]
-    # PPL_m(Y_m): each model's perplexity of its own samples; the "rl" model (the base checkpoint)
-    # scores its shuffled samples exactly as the base does
-    own = saved["ppl_own_samples"]
+    own = saved["ppl_own_samples"]  # PPL_m(Y_m): each model's perplexity of its own samples
     assert own["base"] == saved["ppl_under_base"]["base"]
-    assert own["rl"]["median"] == pytest.approx(saved["ppl_under_base"]["rl"]["median"])
+    assert own["rl"]["median"] != pytest.approx(saved["ppl_under_base"]["rl"]["median"])
     assert "ppl_own/rl/median" in res["metrics"]
     rows = [json.loads(x) for x in (out / "perplexity_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 8 * 2 + 8 * 2  # base scores base+rl samples, rl scores base+rl samples
     assert {(r["scorer"], r["source"]) for r in rows} == {("base", "base"), ("base", "rl"), ("rl", "base"), ("rl", "rl")}
+    # each scorer's numbers are its own model's: rescore every row here with the checkpoint it names
+    index = {p.id: i for i, p in enumerate(problems)}
+    for scorer, path in (("base", toy_model), ("rl", teacher)):
+        model, tok = perplexity.load_scorer(path)
+        mine = [r for r in rows if r["scorer"] == scorer]
+        comps = [(greedy if r["source"] == "base" else shuffled)[index[r["problem_id"]]] for r in mine]
+        direct = perplexity.score(model, tok, [prompts[index[r["problem_id"]]] for r in mine], comps)
+        assert [r["nll"] for r in mine] == pytest.approx([d.nll for d in direct], rel=1e-4, abs=1e-4)
+    base_nll = {(r["source"], r["problem_id"], r["sample_index"]): r["nll"] for r in rows if r["scorer"] == "base"}
+    assert all(r["nll"] != pytest.approx(base_nll[(r["source"], r["problem_id"], r["sample_index"])])
+               for r in rows if r["scorer"] == "rl")
     for name in res["metrics"]:
         _validate_metric_name(name)
     # the subset is seeded: same seed, same pairs; and at most what exists

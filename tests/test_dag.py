@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from conftest import run_smoke as run  # the `smoke` fixture (conftest.py) is this module's study
 
+pytestmark = pytest.mark.slow  # the shared smoke study: several minutes on 2 cores
+
 
 def test_report_files_and_verdicts(smoke):
     out, _ = smoke
@@ -56,7 +58,17 @@ def test_mlflow_runs_metrics_and_lineage(smoke):
             "eval-rl", "report"} <= set(children)
     # RL trained on the problems the base solves sometimes, and says how many
     assert children["rl"].data.tags["dvr.problems_run_id"] == children["rlprompts"].info.run_id
-    assert 0 < children["rlprompts"].data.metrics["kept_problems"] <= 64
+    # the filter keeps exactly the training problems the base solved sometimes (0 < correct < n), in file order
+    (stage,) = (out / "smoke").glob("rlprompts-*")
+    pp = pd.read_csv(stage / "base-train" / "per_problem.csv", dtype={"problem_id": str})
+    assert set(pp["n"]) == {4}  # configs/smoke.yaml: rl.filter_samples
+    sometimes = set(pp.loc[(pp["correct"] > 0) & (pp["correct"] < pp["n"]), "problem_id"])
+    (problems,) = (out / "smoke").glob("problems-*")
+    train = [json.loads(line)["id"] for line in (problems / "train.jsonl").read_text().splitlines()]
+    kept = [json.loads(line)["id"] for line in (stage / "train.jsonl").read_text().splitlines()]
+    assert sorted(pp["problem_id"]) == sorted(train)  # the base sampled every training problem, once
+    assert kept == [i for i in train if i in sometimes] and 0 < len(kept) < len(train)
+    assert children["rlprompts"].data.metrics["kept_problems"] == len(kept)
     # pass@k curves: per model on its eval run, and all of them on the parent (step = k)
     steps = [m.step for m in c.get_metric_history(children["eval-rl"].info.run_id, "pass_at_k")]
     assert sorted(steps) == [1, 2, 4, 8]
