@@ -2,6 +2,7 @@
 5%), and how often it sees a real effect. Simulated with numpy under a fixed seed; each test prints
 its table (pytest -s)."""
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -157,3 +158,25 @@ def test_verdict_detects_a_difference_of_its_mdd_about_80_percent_of_the_time():
         assert math.isclose(mdd(d[0], 4 * V_PROBLEMS), mdd(d[0]) / 2)
     print("\ndetected at a true difference of the MDD:", {f"k={k}": round(r, 3) for k, r in power.items()})
     assert all(0.72 <= r <= 0.9 for r in power.values()), power
+
+
+def test_verdict_same_model_twice_on_the_real_toy_base_is_rarely_called_different():
+    """The same null on the real toy base's per-problem pass rates (its measured correct/64 on 100
+    test problems, taken as the truth): two evaluations are called different at most 5% of the time
+    at k = 1, 8, 64, within two Monte Carlo sds."""
+    import pandas as pd
+
+    from pipeline.passk import paired_ci
+
+    pp = pd.read_csv(Path(__file__).parent / "fixtures" / "toy_base_per_problem.csv", comment="#")
+    p = (pp["correct"] / pp["n"]).to_numpy()
+    assert len(p) == 100 and 0 < p.mean() < 1
+    rng = np.random.default_rng(12)
+    rates = {}
+    for k in (1, 8, 64):
+        x, y = rng.binomial(V_N, p, (NULL_PAIRS, len(p))), rng.binomial(V_N, p, (NULL_PAIRS, len(p)))
+        _, lo, hi = paired_ci(_passk(x, k) - _passk(y, k))
+        rates[k] = float(((lo > 0) | (hi < 0)).mean())
+    print("\nreal toy base, same model twice called different:", {f"k={k}": round(r, 4) for k, r in rates.items()})
+    mc = 2 * math.sqrt(0.05 * 0.95 / NULL_PAIRS)
+    assert all(r <= 0.05 + mc for r in rates.values()), rates
