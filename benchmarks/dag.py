@@ -7,7 +7,7 @@ pipeline: `python -m pipeline.run --config configs/tiny.yaml` into an empty outp
 after set-up), the same command again (nothing to do), and again with one RL setting changed
 (rl.learning_rate: only RL, its evaluation and the report rerun), each with its wall time, the peak
 summed RSS of its process tree, and the cold run's per-stage seconds (stage.json).
-teacher: `python -m pipeline.traces generate` on the 1,000 training problems with the default study's
+teacher: `python -m pipeline.stages.traces generate` on the 1,000 training problems with the default study's
 trace settings, over shards x workers (data-parallel engine processes, threads split between them).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def pipeline(work: Path) -> dict:
 
 
 def teacher(work: Path, problems: int = 200) -> dict:
-    from pipeline.io import write_jsonl
+    from pipeline.core.io import write_jsonl
     from tasks import get_task
 
     base = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
@@ -56,7 +56,7 @@ def teacher(work: Path, problems: int = 200) -> dict:
         path.write_text(yaml.safe_dump(cfg))
         out = work / f"teacher-{shards}x{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        t = timed_tree([sys.executable, "-m", "pipeline.traces", "generate", "--config", str(path), "--problems",
+        t = timed_tree([sys.executable, "-m", "pipeline.stages.traces", "generate", "--config", str(path), "--problems",
                         str(pfile), "--out", str(out)], {"OMP_NUM_THREADS": str(2 // workers)})
         n = base["traces"]["generation"]["n"]
         rows.append(dict(shards=shards, workers=workers, threads_per_worker=2 // workers, seconds=t["seconds"],

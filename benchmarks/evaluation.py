@@ -4,7 +4,7 @@ time grows with n and with the number of problems.
     python -m benchmarks.evaluation overhead --work DIR
     python -m benchmarks.evaluation scaling
 
-overhead: `pipeline.evaluate.evaluate` on the toy base (configs/tiny.yaml's test set and eval
+overhead: `pipeline.stages.evaluate.evaluate` on the toy base (configs/tiny.yaml's test set and eval
 settings), its wall time against the engine's own (`sample_seconds`); the rest is tokenizer and
 model loading, verification, pass@k with bootstrap CIs and writing. Importing transformers, which
 every stage process pays once, is timed apart. scaling: engine time for n in 8..64 at 32
@@ -22,7 +22,7 @@ def overhead(work: Path, threads: int) -> dict:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
     from tasks import build_tasks, problems_for
 
     torch.set_num_threads(threads)
@@ -58,7 +58,7 @@ def scaling(threads: int) -> dict:
 
     from benchmarks.sampling import prompts_for
     from pipeline.config import load_config
-    from pipeline.sampling import Engine
+    from pipeline.sampling.backends import Engine
 
     torch.set_num_threads(threads)
     cfg = load_config("configs/tiny.yaml")

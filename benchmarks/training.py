@@ -22,8 +22,8 @@ def grpo(rollouts: str, steps: int, work: Path, threads: int) -> dict:
     from transformers import TrainerCallback
 
     from pipeline.config import load_config
-    from pipeline.io import write_jsonl
-    from pipeline.rl import build_rl_trainer
+    from pipeline.core.io import write_jsonl
+    from pipeline.arms.rl import build_rl_trainer
     from tasks import get_task
 
     torch.set_num_threads(threads)
@@ -68,7 +68,7 @@ def sft(traces: str, steps: int, work: Path, threads: int) -> dict:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.sft import build_sft_trainer
+    from pipeline.arms.sft import build_sft_trainer
 
     torch.set_num_threads(threads)
     cfg = load_config("configs/tiny.yaml")

@@ -6,7 +6,7 @@
     python -m pipeline.run --config configs/sweeps/algorithms.yaml
 
 It is the same DAG as `luigi --module pipeline.dag Report --config ...` (a sweep: `... Study`). A
-sweep is one study (pipeline.sweep): the cross product of its values, members named
+sweep is one study (pipeline.config.sweep): the cross product of its values, members named
 `key-value__...`, sharing runs/<study>/ so that the stages they have in common run once; `--sweep`
 on the command line makes the study `<name>-sweep` (or `--study NAME`). An unchanged rerun runs
 nothing and says so.
@@ -25,10 +25,10 @@ from pathlib import Path
 import luigi
 import yaml
 
-from pipeline import tracking
+from pipeline.core import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.dag import Report, Study
-from pipeline.sweep import expand, is_sweep_file, load_sweep
+from pipeline.config.sweep import expand, is_sweep_file, load_sweep
 
 
 class StudyBusy(RuntimeError):

@@ -5,7 +5,7 @@ extraction); lenient falls back to the last number anywhere in the completion, f
 answers right but ignores the format (SmolLM2-135M-Instruct never writes <answer> tags:
 docs/real-lm.md). It credits incidental numbers, so it inflates pass@k at large k; the evaluator
 records both graders whichever one a study uses. A base class, not a helper module, so that it is
-part of every using task's code fingerprint (pipeline.identity.task_version).
+part of every using task's code fingerprint (pipeline.core.identity.task_version).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Report analyses (pipeline.analysis) on hand-built evaluation directories with known counts, and
-the perplexity stage (pipeline.perplexity) on a tiny toy-world model trained here for a few seconds."""
+"""Report analyses (pipeline.analysis.analyses) on hand-built evaluation directories with known counts, and
+the perplexity stage (pipeline.stages.perplexity) on a tiny toy-world model trained here for a few seconds."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,10 @@ import pytest
 import torch
 from mlflow.utils.validation import _validate_metric_name
 
-from pipeline import analysis, perplexity
-from pipeline.io import write_jsonl
-from pipeline.passk import PER_PROBLEM_COLUMNS, passk_table
+from pipeline.analysis import analyses as analysis
+from pipeline.stages import perplexity
+from pipeline.core.io import write_jsonl
+from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, passk_table
 from pipeline.toyworld import build_model, build_tokenizer
 from tasks import get_task
 from tasks.toy_arith import chain_steps, completion_text, parse_chain, plain_step
@@ -47,7 +48,7 @@ def wrong(p) -> str:
 
 
 def write_eval(d, name, problems, texts: dict[str, list[str]]):
-    """An evaluation directory as pipeline.evaluate writes it, from given completions per problem."""
+    """An evaluation directory as pipeline.stages.evaluate writes it, from given completions per problem."""
     task = get_task("toy_arith")
     d.mkdir(parents=True)
     records = [
@@ -155,7 +156,7 @@ def test_coverage_venn_and_lists(runs, problems):
 
 
 def comb_passk(n, c, k):
-    """Independent of pipeline.passk: the textbook form with binomial coefficients."""
+    """Independent of pipeline.analysis.passk: the textbook form with binomial coefficients."""
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 

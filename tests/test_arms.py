@@ -12,10 +12,10 @@ import yaml
 
 from pipeline.arms import arms, enabled_arms
 from pipeline.config import ConfigError, DistillConfig, RLConfig, SFTConfig, TaskSpec, load_config
-from pipeline.distill import build_distill_trainer
-from pipeline.rl import build_rl_trainer, train_rl
-from pipeline.sft import build_sft_trainer
-from pipeline.train_common import LOG_HISTORY_FILE, SNAPSHOTS, TrainInputError
+from pipeline.arms.distill import build_distill_trainer
+from pipeline.arms.rl import build_rl_trainer, train_rl
+from pipeline.arms.sft import build_sft_trainer
+from pipeline.arms.common import LOG_HISTORY_FILE, SNAPSHOTS, TrainInputError
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def rl_cfg(**kw) -> RLConfig:
 def test_the_registry_has_one_shape_for_every_arm():
     assert list(arms()) == ["sft", "rl", "distill"]
     for arm in arms().values():
-        assert arm.module == f"pipeline.{arm.name}" and arm.data in ("traces", "problems") and arm.health_metrics
+        assert arm.module == f"pipeline.arms.{arm.name}" and arm.data in ("traces", "problems") and arm.health_metrics
     cfg = load_config("configs/smoke.yaml")
     assert enabled_arms(cfg) == ["sft", "rl"]  # distill is opt-in (distill.enabled)
     assert enabled_arms(load_config("configs/smoke.yaml", {"distill.enabled": True, "rl.enabled": False})) == ["sft", "distill"]
@@ -117,7 +117,7 @@ def test_rl_variants_train_different_weights_from_the_same_start(problems, tmp_p
 def test_named_algorithm_variants_have_their_papers_settings(tmp_path, problems):
     """configs/sweeps/algorithms.yaml: each named variant, as the RL arm builds it, has the settings that
     define its algorithm in trl 1.16's names."""
-    from pipeline.sweep import load_sweep
+    from pipeline.config.sweep import load_sweep
     from trl import GRPOConfig, RLOOConfig
 
     sweep = load_sweep(ROOT / "configs" / "sweeps" / "algorithms.yaml")
@@ -149,7 +149,7 @@ def test_named_algorithm_variants_have_their_papers_settings(tmp_path, problems)
 def test_rloo_refuses_grpo_only_options():
     with pytest.raises(ValueError, match="GRPO options"):
         rl_cfg(algorithm="rloo", top_entropy_quantile=0.2)
-    from pipeline.rl import rl_args
+    from pipeline.arms.rl import rl_args
 
     with pytest.raises(TrainInputError, match=r"rl.scale_rewards: 'none' is a GRPO option"):
         rl_args(rl_cfg(algorithm="rloo", scale_rewards="none"), "o", 0)
@@ -281,7 +281,7 @@ def test_sft_data_size_members_take_the_same_number_of_optimizer_steps(tmp_path)
     """configs/sweeps/sft-data-size.yaml: 200 traces and all of them (1,035 in the default run) train for
     as many optimizer steps as the full set's 5 epochs at batch 32 (Trainer's own count), so the table
     compares data, not training length."""
-    from pipeline.sweep import load_sweep
+    from pipeline.config.sweep import load_sweep
 
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"<answer>{i + 1}</answer>"}) + "\n"

@@ -109,7 +109,7 @@ def test_a_yaml_list_is_not_a_config(tmp_path):
 
 # ---- problem and dataset files --------------------------------------------------------------------
 def evaluator(tmp_path, problems: Path, *extra, model=None, preexec=None):
-    cmd = [sys.executable, "-m", "pipeline.evaluate", "--model", model or str(ROOT / "toyworld" / "base"),
+    cmd = [sys.executable, "-m", "pipeline.stages.evaluate", "--model", model or str(ROOT / "toyworld" / "base"),
            "--problems", str(problems), "--n", "2", "--ks", "1", "--max-tokens", "16", "--backend", "hf",
            "--bootstrap", "0", "--out", str(tmp_path / "out"), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, preexec_fn=preexec)
@@ -141,7 +141,7 @@ def test_bad_problem_files_for_the_evaluator(tmp_path, content, expected):
 def test_bad_problem_file_for_teacher_traces(tmp_path):
     f = tmp_path / "problems.jsonl"
     f.write_text("")
-    res = subprocess.run([sys.executable, "-m", "pipeline.traces", "generate", "--config", "configs/smoke.yaml",
+    res = subprocess.run([sys.executable, "-m", "pipeline.stages.traces", "generate", "--config", "configs/smoke.yaml",
                           "--problems", str(f), "--out", str(tmp_path / "o")], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=300)
     one_line_exit(res, "no problems")
@@ -172,7 +172,7 @@ def test_a_prompt_longer_than_the_teachers_context_is_refused(tmp_path):
     p = toy_problems(1)[0]
     f = tmp_path / "problems.jsonl"
     f.write_text(json.dumps(dict(p.to_dict(), id="long-one", question=" + ".join(["1"] * 400) + " =")) + "\n")
-    res = subprocess.run([sys.executable, "-m", "pipeline.traces", "generate", "--config", "configs/smoke.yaml",
+    res = subprocess.run([sys.executable, "-m", "pipeline.stages.traces", "generate", "--config", "configs/smoke.yaml",
                           "--problems", str(f), "--out", str(tmp_path / "o")], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=300)
     one_line_exit(res, "problem long-one: its prompt is")

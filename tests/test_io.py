@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.io import atomic_dir, is_complete
+from pipeline.core.io import atomic_dir, is_complete
 
 
 def test_failed_writer_leaves_nothing(tmp_path):
@@ -21,7 +21,7 @@ def test_failed_writer_leaves_nothing(tmp_path):
 
 def test_killed_writer_leaves_only_an_incomplete_temp(tmp_path):
     final = tmp_path / "stage-abc"
-    code = ("import time, sys; from pipeline.io import atomic_dir\n"
+    code = ("import time, sys; from pipeline.core.io import atomic_dir\n"
             f"with atomic_dir({str(final)!r}) as t:\n"
             "    (t / 'a').write_text('x'); print('ready', flush=True); time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

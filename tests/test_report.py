@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.io import write_jsonl
-from pipeline.passk import PER_PROBLEM_COLUMNS, pass_at_k, passk_table
-from pipeline.report import write_report
+from pipeline.core.io import write_jsonl
+from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, pass_at_k, passk_table
+from pipeline.stages.report import write_report
 from tasks import build_tasks, problems_for
 from test_analysis import N, make_problems, write_evals
 

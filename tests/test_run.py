@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.run import parse_assignments, plan
-from pipeline.sweep import expand
+from pipeline.config.sweep import expand
 
 
 def test_sweep_makes_one_valid_named_member_per_combination():
@@ -42,7 +42,7 @@ def test_bad_override_is_one_line_error_before_anything_runs():
 def test_a_sweep_preset_loads_and_validates_every_member():
     import glob
 
-    from pipeline.sweep import load_sweep
+    from pipeline.config.sweep import load_sweep
 
     presets = sorted(glob.glob("configs/sweeps/*.yaml"))
     assert presets

@@ -1,12 +1,12 @@
 """The sampling engine: n completions per prompt, token counts, finish reasons, seeded determinism,
 and the same sampling distribution on both backends."""
 from pipeline.config import GenerationConfig
-from pipeline.sampling import Sample, resolve_backend, sample, sample_isolated
+from pipeline.sampling.backends import Sample, resolve_backend, sample, sample_isolated
 from tasks import get_task
 
 
 def prompts_for(model, k=3):
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
 
     task = get_task("toy_arith")
     tok = load_tokenizer(model)
@@ -14,7 +14,7 @@ def prompts_for(model, k=3):
 
 
 def test_hf_backend_shapes_counts_and_reasons(toyworld):
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
 
     model = str(toyworld / "base")
     tok = load_tokenizer(model)
@@ -45,7 +45,7 @@ def test_same_seed_same_samples_other_seed_differs(tiny_model):
 
 def test_greedy_samples_are_generates_greedy_decode(tiny_model):
     """temperature 0: every sample is `generate(do_sample=False)`'s decode, on both transformers backends."""
-    from pipeline.sampling import Engine
+    from pipeline.sampling.backends import Engine
 
     ps = prompts_for(tiny_model, 2)
     e = Engine(tiny_model, GenerationConfig(backend="hf", temperature=0.0, max_tokens=10))
@@ -90,7 +90,7 @@ def test_checkpoint_generation_defaults_do_not_apply(tiny_model, tmp_path):
 
 
 def test_dtype_auto_is_the_checkpoints_own(tiny_model):
-    from pipeline.sampling import resolve_dtype
+    from pipeline.sampling.backends import resolve_dtype
 
     assert resolve_dtype(tiny_model, "auto") == "float32"  # not vLLM's CPU default (bf16)
     assert resolve_dtype(tiny_model, "bfloat16") == "bfloat16"
@@ -122,7 +122,7 @@ def homogeneity_p(a: list[str], b: list[str]) -> float:
 def categories_of(toyworld, backend: str, seed: int, temperature: float = 1.0) -> list[str]:
     """The categories of 32 samples per problem from the toy base on 16 level-1/2 problems at
     top_p 0.9 (vLLM in its own process, as the stages run it)."""
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
 
     model = str(toyworld / "base")
     task = get_task("toy_arith")

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline.io import read_jsonl
-from pipeline.procs import free_port, managed_server, run_data_parallel, vllm_server_command
+from pipeline.core.io import read_jsonl
+from pipeline.core.procs import free_port, managed_server, run_data_parallel, vllm_server_command
 
 
 def _evaluate(model, out, *extra, backend="hf"):
-    cmd = [sys.executable, "-m", "pipeline.evaluate", "--model", model, "--task", "toy_arith", "--test-size", "8",
+    cmd = [sys.executable, "-m", "pipeline.stages.evaluate", "--model", model, "--task", "toy_arith", "--test-size", "8",
            "--n", "4", "--max-tokens", "12", "--batch-size", "8", "--backend", backend, "--bootstrap", "0",
            "--shard-problems", "2", "--out", str(out), *extra]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -36,7 +36,7 @@ def test_data_parallel_evaluation_equals_one_process(tiny_model, tmp_path):
 def test_data_parallel_teacher_traces_equal_one_process(toyworld, tmp_path):
     from tasks import problems_for
     from pipeline.config import load_config
-    from pipeline.io import write_jsonl
+    from pipeline.core.io import write_jsonl
 
     probs = tmp_path / "train.jsonl"
     cfg = load_config(ROOT / "configs/smoke.yaml")
@@ -47,7 +47,7 @@ def test_data_parallel_teacher_traces_equal_one_process(toyworld, tmp_path):
         c["compute"] = {**c.get("compute", {}), "vllm_data_parallel_size": dp}
         c["traces"]["generation"].update(max_tokens=24, n=2)
         (tmp_path / f"c{dp}.yaml").write_text(yaml.safe_dump(c))
-        res = subprocess.run([sys.executable, "-m", "pipeline.traces", "generate", "--config", str(tmp_path / f"c{dp}.yaml"),
+        res = subprocess.run([sys.executable, "-m", "pipeline.stages.traces", "generate", "--config", str(tmp_path / f"c{dp}.yaml"),
                               "--problems", str(probs), "--out", str(tmp_path / f"t{dp}")], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -58,12 +58,12 @@ def test_data_parallel_teacher_traces_equal_one_process(toyworld, tmp_path):
 def test_data_parallel_needs_enough_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
     with pytest.raises(ValueError, match="needs 4 GPUs, but CUDA_VISIBLE_DEVICES='0,1,2' names 3"):
-        run_data_parallel("pipeline.evaluate", [], 2, 2)
+        run_data_parallel("pipeline.stages.evaluate", [], 2, 2)
 
 
 def test_a_failing_rank_fails_the_stage(tmp_path):
     with pytest.raises(RuntimeError, match="data-parallel rank . of 2 exited with status 1"):
-        run_data_parallel("pipeline.evaluate", ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], 2)
+        run_data_parallel("pipeline.stages.evaluate", ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], 2)
 
 
 def test_vllm_server_command_is_trls(tmp_path):

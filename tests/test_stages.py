@@ -15,11 +15,13 @@ import yaml
 from luigi.task_register import Register
 from mlflow.tracking import MlflowClient
 
-from pipeline import dag, tracking
+from pipeline import dag
+from pipeline.core import tracking
 from pipeline.config import load_config
-from pipeline.io import atomic_dir, is_complete, write_jsonl
-from pipeline.sampling import load_tokenizer
-from pipeline.traces import filter_traces, generate_traces, shard_path
+from pipeline.core.io import atomic_dir, is_complete, write_jsonl
+from pipeline.sampling.backends import load_tokenizer
+from pipeline.stages.filtered import filter_traces
+from pipeline.stages.traces import generate_traces, shard_path
 from tasks import get_task
 
 
@@ -163,7 +165,7 @@ def test_logging_a_dataset_leaves_the_stage_run_open(tmp_path, toyworld):
 # ---- the RL settings reach TRL -------------------------------------------------------------------
 def test_every_grpo_setting_reaches_grpoconfig(tmp_path, toyworld):
     from pipeline.config import RLConfig, TaskSpec
-    from pipeline.rl import build_rl_trainer
+    from pipeline.arms.rl import build_rl_trainer
 
     probs = get_task("toy_arith").problems("train", 4, seed=0, levels=[1, 2])
     write_jsonl(tmp_path / "p.jsonl", (p.to_dict() for p in reversed(probs)))

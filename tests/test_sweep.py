@@ -91,7 +91,7 @@ N_PROB, N_SAMPLES = 40, 4  # k_max = n = 4: pass@4 is "any correct", pass@1 is c
 
 
 def _member(root: Path, name: str, counts: dict[str, list[int]], learned=True, train_metrics=None) -> Path:
-    from pipeline.passk import passk_table
+    from pipeline.analysis.passk import passk_table
 
     d = root / name / "report"
     d.mkdir(parents=True)
@@ -106,7 +106,7 @@ def _member(root: Path, name: str, counts: dict[str, list[int]], learned=True, t
 
 
 def _sweep(axes: dict, tables, notes=()):
-    from pipeline.sweep import Member, Sweep
+    from pipeline.config.sweep import Member, Sweep
 
     members = []
     for combo in __import__("itertools").product(*[[(a, v) for v in vals] for a, vals in axes.items()]):
@@ -122,7 +122,7 @@ def _counts(rng, p):
 def test_algorithms_table_on_known_counts(tmp_path):
     """2 variants x 3 seeds: means, dSE and seeds computed here from the counts; intervals that
     carry the seeds' spread (seeds with constant per-problem values: the interval spans them)."""
-    from pipeline.study import write_study_report
+    from pipeline.stages.study import write_study_report
 
     rng = np.random.default_rng(0)
     sweep = _sweep({"variant": ["a", "b"], "seed": [0, 1, 2]}, ["algorithms"], notes=["a is GRPO without its KL term."])
@@ -160,7 +160,7 @@ def test_tied_and_single_seeds_still_show_the_test_set_uncertainty(tmp_path):
     """Two seeds with identical results (the old t-interval printed "0.620 [0.620, 0.620]") and one
     seed: the interval is the problem bootstrap's, 1.96 sd / sqrt(N) each side, and the cell lists
     the seeds' values."""
-    from pipeline.study import write_study_report
+    from pipeline.stages.study import write_study_report
 
     rng = np.random.default_rng(1)
     rl = _counts(rng, rng.uniform(0, 1, N_PROB))
@@ -182,7 +182,7 @@ def test_tied_and_single_seeds_still_show_the_test_set_uncertainty(tmp_path):
 
 
 def test_a_member_swept_to_null_is_kept(tmp_path):
-    from pipeline.study import write_study_report
+    from pipeline.stages.study import write_study_report
 
     rng = np.random.default_rng(2)
     sweep = _sweep({"rl.epsilon_high": [None, 0.28], "seed": [0]}, ["algorithms"])
@@ -198,8 +198,8 @@ def test_a_member_swept_to_null_is_kept(tmp_path):
 
 def test_members_with_different_k_max_are_refused(tmp_path, toyworld):
     from pipeline.config import ConfigError
-    from pipeline.study import write_study_report
-    from pipeline.sweep import expand
+    from pipeline.stages.study import write_study_report
+    from pipeline.config.sweep import expand
 
     sweep = _sweep({"variant": ["a", "b"]}, ["algorithms"])
     reports = {m.name: _member(tmp_path, m.name, {"base": [1] * 5, "rl": [2] * 5}) for m in sweep.members}
@@ -212,7 +212,7 @@ def test_members_with_different_k_max_are_refused(tmp_path, toyworld):
 
 
 def test_sft_data_size_table_shows_steps_and_epochs(tmp_path):
-    from pipeline.study import write_study_report
+    from pipeline.stages.study import write_study_report
 
     rng = np.random.default_rng(3)
     sweep = _sweep({"sft.max_traces": [200, None], "seed": [0, 1]}, ["sft_data_size"])
@@ -258,8 +258,8 @@ def test_an_unchanged_rerun_of_the_sweep_runs_nothing(study):
 def test_training_length_table_over_seeds_in_step_order(tmp_path):
     """Snapshots at steps 2 and 10 (sorted as numbers), two seeds, each point's interval from the
     snapshots' per-problem counts (training_length_per_problem.csv)."""
-    from pipeline.passk import passk_table
-    from pipeline.study import write_study_report
+    from pipeline.analysis.passk import passk_table
+    from pipeline.stages.study import write_study_report
 
     rng = np.random.default_rng(4)
     sweep = _sweep({"seed": [0, 1]}, ["training_length"])
@@ -289,7 +289,7 @@ def test_training_length_table_over_seeds_in_step_order(tmp_path):
 
 def test_sweep_notes_are_read_and_checked(tmp_path, toyworld):
     from pipeline.config import ConfigError
-    from pipeline.sweep import Sweep, load_sweep
+    from pipeline.config.sweep import Sweep, load_sweep
 
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({"config": "configs/smoke.yaml", "sweep": {"seed": [0]}, "tables": ["algorithms"],

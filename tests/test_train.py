@@ -14,10 +14,10 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.config import RLConfig, SFTConfig, TaskSpec
-from pipeline.rl import TaskReward, build_rl_trainer, train_rl
-from pipeline.sft import build_sft_trainer, train_sft
+from pipeline.arms.rl import TaskReward, build_rl_trainer, train_rl
+from pipeline.arms.sft import build_sft_trainer, train_sft
 from pipeline.toyworld import build_model, build_tokenizer
-from pipeline.train_common import LOG_HISTORY_FILE, METRICS_FILE, TrainInputError
+from pipeline.arms.common import LOG_HISTORY_FILE, METRICS_FILE, TrainInputError
 from tasks import get_task
 from tasks.toy_arith import chain_steps, completion_text, parse_chain, plain_step
 
@@ -239,7 +239,7 @@ def test_cli_logs_into_the_callers_mlflow_run(world, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": exp,
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.rl", "--config", str(tmp_path / "c.yaml"),
+        [sys.executable, "-m", "pipeline.arms.rl", "--config", str(tmp_path / "c.yaml"),
          "--problems", world["problems_path"], "--out", str(tmp_path / "out")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -261,7 +261,7 @@ def test_cli_bad_input_exits_2_with_one_line(world, tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.sft", "--config", str(tmp_path / "c.yaml"),
+        [sys.executable, "-m", "pipeline.arms.sft", "--config", str(tmp_path / "c.yaml"),
          "--traces", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -301,8 +301,8 @@ def bos_world(tmp_path_factory):
 
 
 def test_sft_grpo_sampling_and_perplexity_see_the_same_prompt_ids(bos_world, tmp_path):
-    from pipeline.perplexity import prompt_completion_ids
-    from pipeline.sampling import Engine
+    from pipeline.stages.perplexity import prompt_completion_ids
+    from pipeline.sampling.backends import Engine
     from pipeline.config import GenerationConfig
     from tasks.base import encode_prompt
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from pipeline import tracking
+from pipeline.core import tracking
 from pipeline.config import ExperimentConfig
 
 PERCENT = re.compile(rb"(\d{1,3})%")

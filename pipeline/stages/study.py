@@ -1,4 +1,4 @@
-"""A sweep's own report: its members side by side and the paper's tables (pipeline.sweep).
+"""A sweep's own report: its members side by side and the paper's tables (pipeline.config.sweep).
 
 Reads every member's report directory (per_problem.csv, passk.csv, verdicts.json, health.json,
 models.json and, when the arms saved snapshots, training_length.csv and training_length_per_problem.csv)
@@ -16,20 +16,28 @@ drawn with replacement, then the test problems (the same draw for every seed whe
 test set), so one seed or tied seeds still show the uncertainty of a finite test set and finite
 samples. With fewer than 3 seeds a cell also lists the per-seed values: the interval cannot show
 seed-to-seed variation that two seeds do not reveal. A member swept to null is kept (its key reads
-"null"); members that differ in k_max are refused (pipeline.sweep refuses them before anything runs).
+"null"); members that differ in k_max are refused (pipeline.config.sweep refuses them before anything runs).
 """
 from __future__ import annotations
 
 import json
 import math
+from functools import cached_property
 from pathlib import Path
+
+import luigi
 
 import numpy as np
 import pandas as pd
 
-from pipeline import plots
-from pipeline.passk import per_problem_passk, resample_weights
-from pipeline.sweep import Sweep
+from pipeline.analysis import plots
+from pipeline.analysis.passk import per_problem_passk, resample_weights
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config.sweep import Sweep
+from pipeline.core import tracking
+from pipeline.core.io import atomic_dir, is_complete, sigterm_raises, stage_lock
+from pipeline.stages.base import _thaw, stage_info
+from pipeline.stages.report import Report
 
 SEED_AXES = ("seed",)
 N_BOOT, BOOT_SEED = 2000, 0
@@ -278,3 +286,55 @@ def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, second
         lines += md + [""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"members": len(df), "tables": tables}
+
+
+class Study(luigi.Task):
+    """A sweep (pipeline.config.sweep): every member's Report, then the study's tables in runs/<study>/report/.
+
+        luigi --module pipeline.dag Study --sweep configs/sweeps/algorithms.yaml --local-scheduler --workers 2
+    """
+
+    sweep = luigi.Parameter(default="", description="a sweep preset, e.g. configs/sweeps/algorithms.yaml")
+    spec = luigi.DictParameter(default={}, description="an expanded sweep (pipeline.run builds it from --sweep)")
+
+    @cached_property
+    def plan(self):
+        from pipeline.config.sweep import Sweep, load_sweep
+
+        try:
+            return Sweep.from_spec(_thaw(self.spec)) if self.spec else load_sweep(self.sweep)
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
+
+    def requires(self):
+        return {m.name: Report(self.plan.config, m.overrides) for m in self.plan.members}
+
+    @cached_property
+    def cfg(self) -> ExperimentConfig:  # the study's settings: its first member's
+        return self.requires()[self.plan.members[0].name].cfg
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.run_dir / "report"
+
+    @cached_property
+    def key(self) -> str:
+        reports = {n: r.key for n, r in self.requires().items()}
+        return self.cfg.section_hash(extra=[reports, self.plan.tables, [m.values for m in self.plan.members], self.plan.notes])
+
+    def output(self):
+        return luigi.LocalTarget(str(self.out_dir))
+
+    def complete(self) -> bool:
+        return is_complete(self.out_dir) and stage_info(self.out_dir).get("key") == self.key
+
+    def run(self):
+        with stage_lock(self.cfg.run_dir, "study-report"), sigterm_raises():
+            if self.complete():
+                return
+            reports = {n: Path(r.out_dir) for n, r in self.requires().items()}
+            with atomic_dir(self.out_dir) as tmp:
+                result = write_study_report(self.plan, reports, tmp)
+                (tmp / "stage.json").write_text(json.dumps({"stage": "study", "key": self.key, **result}, indent=2))
+            tracking.log_study(self.cfg, self.plan, reports, self.out_dir)
+            print((self.out_dir / "report.md").read_text())

@@ -9,7 +9,7 @@ verified reward. The prompts are exactly the evaluator's (`task.prompt`, encoded
 Its health metric is `accuracy`, the share of the student's own on-policy samples that `verify`
 accepts (logged here, like the RL arm's), so "did it learn" means the same thing for every arm.
 
-    python -m pipeline.distill --config configs/tiny.yaml --problems train.jsonl --out models/distill
+    python -m pipeline.arms.distill --config configs/tiny.yaml --problems train.jsonl --out models/distill
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ import sys
 
 from pipeline.arms import Arm
 from pipeline.config import DistillConfig
-from pipeline.rl import load_problems, with_our_prompt_encoding
-from pipeline.train_common import TrainInputError, build_args, cli, common_fields, finish, resume_point, same_named
+from pipeline.arms.rl import load_problems, with_our_prompt_encoding
+from pipeline.arms.common import TrainInputError, build_args, cli, common_fields, finish, resume_point, same_named
 
 log = logging.getLogger(__name__)
 
 ARM = Arm(
-    name="distill", module="pipeline.distill", data="problems",
+    name="distill", module="pipeline.arms.distill", data="problems",
     title="on-policy distillation: the student samples, the teacher's token distribution is the target",
     enabled=lambda cfg: cfg.distill.enabled and cfg.teacher_model is not None,
     reads_teacher=True,

@@ -1,5 +1,5 @@
 """Training health: did a trained arm learn? Read from the trainer's own log history, or from the
-probe set (pipeline/probe.py) when the prompt order makes the log's windows unlike each other.
+probe set (pipeline/analysis/probe.py) when the prompt order makes the log's windows unlike each other.
 
 Every trained arm saves `log_history.json` (transformers' `state.log_history`) beside its model.
 `check_arm` takes the arm's training metric (RL: `accuracy`, the share of rollouts `verify`
@@ -48,7 +48,7 @@ MIN_PROBE = 8  # probe problems, at least, for a judgment from probe.json
 # the paired t's one-sided level: on 4-sample 0/1 data the nominal 0.95 passed equal rates up to 5.4% of
 # the time (simulation: 8-64 problems, pass rates 0.02-0.97, 20,000 runs each); 0.965 keeps it at or below 3.8%
 PROBE_LEVEL = 0.965
-PROBE_FILE = "probe.json"  # beside the model and its log_history.json (pipeline/probe.py writes it)
+PROBE_FILE = "probe.json"  # beside the model and its log_history.json (pipeline/analysis/probe.py writes it)
 # the metric that says "learning" for each kind of arm, in order of preference
 TRAINING_METRIC = {"rl": ("accuracy", "reward"), "sft": ("mean_token_accuracy",)}
 CURVES = {
@@ -142,7 +142,7 @@ def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_ga
 
 
 def check_probe(probe: dict[str, Any], min_gain: float = 0.05) -> dict[str, Any]:
-    """The health of an RL arm from its probe.json (pipeline/probe.py): per-problem accuracy of the
+    """The health of an RL arm from its probe.json (pipeline/analysis/probe.py): per-problem accuracy of the
     probe set at the start and the end of training, a paired one-sided 95% t bound of the gain."""
     k = int(probe["samples"])
     start, end = np.array(probe["start"], float) / k, np.array(probe["end"], float) / k
@@ -167,7 +167,7 @@ def describe(arm: str, h: dict[str, Any]) -> str:
 def plot_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], path: str | Path, title: str) -> Path | None:
     """The arm's logged curves (CURVES[kind], or the names given), one small panel each, in one PNG;
     None if nothing was logged."""
-    from pipeline.plots import plt, savefig_atomic
+    from pipeline.analysis.plots import plt, savefig_atomic
 
     curves = [(k, *series(history, k)) for k in (CURVES[kind] if isinstance(kind, str) else kind)]
     curves = [c for c in curves if c[2]]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # mlflow is imported where it is used: a run with nothing to 
     from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
-from pipeline.io import pid_alive
+from pipeline.core.io import pid_alive
 
 TAG = "dvr."  # prefix of this project's tags
 MAX_PARAM = 6000

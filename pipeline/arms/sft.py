@@ -5,7 +5,7 @@ base's chat template (task.prompt(problem, tokenizer), exactly what the evaluato
 `completion` is the teacher's text plus EOS (see `tokenize_example`). completion_only_loss=True:
 the prompt tokens get label -100, so the loss is on the completion only.
 
-    python -m pipeline.sft --config configs/tiny.yaml --traces traces.jsonl --out models/sft \
+    python -m pipeline.arms.sft --config configs/tiny.yaml --traces traces.jsonl --out models/sft \
         [--base-model M] [--seed S]
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import random
 
 from pipeline.arms import Arm
 from pipeline.config import SFTConfig
-from pipeline.train_common import build_args, cli, common_fields, finish, read_rows, resume_point
+from pipeline.arms.common import build_args, cli, common_fields, finish, read_rows, resume_point
 from tasks.base import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 REQUIRED = ("prompt", "completion")
 
 ARM = Arm(
-    name="sft", module="pipeline.sft", data="traces",
+    name="sft", module="pipeline.arms.sft", data="traces",
     title="SFT on the teacher's verified traces (distillation)",
     enabled=lambda cfg: cfg.sft.enabled and cfg.teacher_model is not None,  # no teacher, no traces
     health_metrics=("mean_token_accuracy",), curves=("loss", "mean_token_accuracy", "entropy", "learning_rate"),

@@ -1,13 +1,13 @@
 """The probe set: like-for-like training health whatever the order of the training prompts.
 
 A curriculum walks the training problems easy to hard, and one-shot RLVR repeats one problem, so
-the first and last windows of the logged training accuracy (pipeline/health.py) score different
+the first and last windows of the logged training accuracy (pipeline/analysis/health.py) score different
 problems, or the one memorised problem. A curriculum or one-shot RL run therefore scores a fixed
 probe set, a seeded subset of PROBE_PROBLEMS distinct training problems (never the one-shot
 problem), PROBE_SAMPLES samples each at the rollout temperature, with the project's engine
-(pipeline/batching.py), once on the base before the first step and once on the trained model, in
+(pipeline/sampling/engine.py), once on the base before the first step and once on the trained model, in
 the training process. `probe.json` beside the model holds the per-problem correct counts;
-pipeline.health.check_probe reads it.
+pipeline.analysis.health.check_probe reads it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pipeline.health import PROBE_FILE
+from pipeline.analysis.health import PROBE_FILE
 from tasks.base import Problem, encode_prompt
 
 PROBE_PROBLEMS = 32
@@ -43,7 +43,7 @@ def score(model, tokenizer, tasks: dict[str, Any], problems: list[Problem], *, s
     """Correct samples (of `samples`) per problem, sampled from `model` with the project's engine."""
     import torch
 
-    from pipeline import batching
+    from pipeline.sampling import engine as batching
 
     prompts = [encode_prompt(tokenizer, tasks[p.task].prompt(p, tokenizer)) for p in problems]
     eos = model.generation_config.eos_token_id

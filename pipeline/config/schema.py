@@ -30,7 +30,7 @@ class Strict(BaseModel):
 def check_model_ref(ref: str) -> str:
     """A model is a local directory or a hub id (org/name). A path that looks local must exist and
     hold a loadable model (`check_model_dir`)."""
-    from pipeline.convert import gguf_path, is_gguf
+    from pipeline.stages.convert import gguf_path, is_gguf
 
     if is_gguf(ref):  # a GGUF file (a path or package:<pkg>/<file>), converted by the ConvertModel stage
         gguf_path(ref)
@@ -170,7 +170,7 @@ class RLConfig(Strict):
     # grpo: trl.GRPOTrainer with `loss_type`; rloo: trl.RLOOTrainer (leave-one-out baseline; loss_type,
     # top_entropy_quantile and entropy_coef are GRPOTrainer's and do not apply)
     algorithm: Literal["grpo", "rloo"] = "grpo"
-    # who samples the rollouts: the project's engine (pipeline/batching.py) or TRL's own path
+    # who samples the rollouts: the project's engine (pipeline/sampling/engine.py) or TRL's own path
     # (transformers generate, or vLLM through rl.extra); benchmarks/RESULTS.md has the step times
     rollouts: Literal["cb", "trl"] = "cb"
     enabled: bool = True  # false leaves the RL arm out of the study (e.g. an SFT data-size sweep)
@@ -326,7 +326,7 @@ class EvalConfig(Strict):
 
 
 class HealthConfig(Strict):
-    """When a trained arm counts as having learned (pipeline.health): the 95% CI of its training
+    """When a trained arm counts as having learned (pipeline.analysis.health): the 95% CI of its training
     metric's gain (last 20% of logged steps minus first 10%) lies above zero, and the gain is at least
     min_gain. Otherwise the report marks every verdict about the arm inconclusive."""
 
@@ -427,7 +427,7 @@ class ExperimentConfig(Strict):
     def identity_of(self, dotted: str) -> Any:
         """What a config part contributes to a stage hash: its value, except that a model counts by
         its content (or hub revision) and tasks by their specs plus their code's version."""
-        from pipeline.identity import model_fingerprint, task_version
+        from pipeline.core.identity import model_fingerprint, task_version
 
         value = self.get(dotted)
         if dotted in ("base_model", "teacher_model"):
@@ -447,7 +447,7 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _curriculum_reaches_every_level(self):
         # assumes each task's train_size splits evenly over its levels (tasks.base.Task.problems) and that
-        # all of them reach RL; with rl.pass_rate_filter the count is known only at training (pipeline/rl.py)
+        # all of them reach RL; with rl.pass_rate_filter the count is known only at training (pipeline/arms/rl.py)
         rl = self.rl
         if rl.enabled and rl.curriculum and not rl.one_shot and not rl.pass_rate_filter and all(
                 t.levels for t in self.tasks if t.train_size):

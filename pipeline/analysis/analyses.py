@@ -1,6 +1,6 @@
 """Report analyses beyond the pass@k table (issue 5): pure functions of the evaluation directories.
 
-Each model has one evaluation directory (written by pipeline.evaluate): samples.jsonl,
+Each model has one evaluation directory (written by pipeline.stages.evaluate): samples.jsonl,
 problems.jsonl, per_problem.csv (model,problem_id,n,correct) and passk.csv. Nothing here loads
 a model. The analyses follow Yue et al. 2025 (see /work/shared/paper-notes.md):
 
@@ -28,9 +28,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline import plots
-from pipeline.io import read_jsonl
-from pipeline.passk import PER_PROBLEM_COLUMNS, pass_at_k
+from pipeline.analysis import plots
+from pipeline.core.io import read_jsonl
+from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, pass_at_k
 from tasks.base import Problem
 
 SAMPLE_COLUMNS = ["problem_id", "sample_index", "completion", "extracted", "correct"]

@@ -1,8 +1,8 @@
 """Teacher traces: sample n chain-of-thought completions per training problem, then keep the
 verified ones (rejection sampling).
 
-    python -m pipeline.traces generate --config C --problems train.jsonl --out DIR
-    python -m pipeline.traces filter --config C --problems train.jsonl --traces DIR --out DIR2
+    python -m pipeline.stages.traces generate --config C --problems train.jsonl --out DIR
+    python -m pipeline.stages.traces filter --config C --problems train.jsonl --traces DIR --out DIR2
 
 Generation is sharded: each shard is written atomically into DIR as it finishes and skipped
 when found, so a crash loses one shard at most and a rerun resumes.
@@ -13,14 +13,16 @@ import argparse
 import json
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import ExperimentConfig, load_config
-from pipeline.io import read_jsonl, write_jsonl
-from pipeline.sampling import Engine, load_tokenizer
+from pipeline.core import tracking
+from pipeline.core.io import read_jsonl, write_jsonl
+from pipeline.sampling.backends import Engine, load_tokenizer
+from pipeline.stages.base import Stage, _gpu
+from pipeline.stages.problems import Problems
 from tasks import Problem, build_tasks
 
 
@@ -41,7 +43,7 @@ def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str
     paths = [shard_path(out_dir, i, shards) for i in range(shards)]
     todo = [i for i, p in enumerate(paths) if not p.exists() and (dp is None or i % dp[1] == dp[0])]
     if todo:
-        from pipeline.evaluate import check_context
+        from pipeline.stages.evaluate import check_context
 
         tok = load_tokenizer(cfg.teacher_model)
         check_context(cfg.teacher_model, tok, [tasks[p.task].prompt(p, tok) for p in problems], [p.id for p in problems],
@@ -62,44 +64,40 @@ def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str
     return paths
 
 
-def filter_traces(
-    cfg: ExperimentConfig, problems: list[Problem], raw: pd.DataFrame, base_tokenizer
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep verified-correct traces, deduplicated, at most max_per_problem per problem.
-
-    The SFT prompt is rendered with the *base* model's tokenizer: SFT trains the base, and it
-    must see the same prompt the evaluator will give it. Returns (kept rows, yield per difficulty)."""
-    tasks = build_tasks(cfg.tasks)
-    by_id = {p.id: p for p in problems}
-    kept, counts = [], defaultdict(lambda: dict(problems=0, samples=0, correct=0, kept=0, problems_kept=0))
-    for pid, g in raw.sort_values(["problem_id", "sample_index"]).groupby("problem_id", sort=False):
-        p = by_id[pid]
-        c = counts[p.difficulty]
-        c["problems"] += 1
-        seen, n_kept = set(), 0
-        for r in g.itertuples():
-            c["samples"] += 1
-            if not tasks[p.task].verify(p, r.completion):
-                continue
-            c["correct"] += 1
-            norm = " ".join(r.completion.split())
-            if norm in seen or n_kept >= cfg.traces.max_per_problem:
-                continue
-            seen.add(norm)
-            n_kept += 1
-            kept.append(dict(problem_id=pid, task=p.task, difficulty=p.difficulty,
-                             prompt=tasks[p.task].prompt(p, base_tokenizer), completion=r.completion))
-        c["kept"] += n_kept
-        c["problems_kept"] += n_kept > 0
-    yld = pd.DataFrame([dict(difficulty=d, **v) for d, v in sorted(counts.items(), key=lambda kv: str(kv[0]))])
-    if not yld.empty:
-        yld["sample_yield"] = yld["correct"] / yld["samples"]
-        yld["problem_yield"] = yld["problems_kept"] / yld["problems"]
-    return pd.DataFrame(kept, columns=["problem_id", "task", "difficulty", "prompt", "completion"]), yld
-
-
 def load_raw(shards: list[Path]) -> pd.DataFrame:
     return pd.DataFrame([r for p in shards for r in read_jsonl(p)])
+
+
+class GenerateTeacherTraces(Stage):
+    priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
+    stage, sections = "traces", ("teacher_model", "traces.generation", "traces.shards", "seed")
+    reads_models = ("teacher_model",)
+    resources = property(lambda self: _gpu(self.cfg))
+
+    def upstream(self):
+        return {"problems": Problems(self.config, self.overrides)}
+
+    def lineage(self):
+        return {**super().lineage(), "teacher_model": self.cfg.teacher_model}
+
+    def execute(self, tmp, run_id):
+        work = self.work_dir(".shards")  # finished shards survive a crash
+        self.subprocess("pipeline.stages.traces", ["generate", "--config", str(tmp / "config.yaml"), "--problems",
+                        str(self.input()["problems"].path + "/train.jsonl"), "--out", str(work)], run_id)
+        shards = sorted(work.glob("shard-*.jsonl"))
+        if len(shards) != self.cfg.traces.shards:
+            raise RuntimeError(f"{self.stage}: the generation process left {len(shards)} of {self.cfg.traces.shards} "
+                               f"shards in {work}; log: {self.cfg.run_dir / 'logs'}")
+        raw = load_raw(shards)
+        tracking.log_dataset(self.cfg, run_id, raw[["problem_id", "sample_index", "completion"]], "teacher-traces",
+                             str(self.out_dir), "training")
+        tracking.log(self.cfg, run_id, params=tracking.flat_params(self.cfg.traces.model_dump(mode="json"), "traces."),
+                     metrics=[("raw_traces", len(raw), 0), ("mean_tokens", raw["num_tokens"].mean(), 0)])
+        # last, once nothing else can fail: until here a late error leaves every finished shard in `work`
+        for s in shards:
+            s.rename(tmp / s.name)
+        work.rmdir()
+        return {"raw_traces": len(raw)}
 
 
 def main(argv=None) -> None:
@@ -132,15 +130,17 @@ def _main(a, argv: list[str]) -> None:
     if a.cmd == "generate":
         size = cfg.compute.vllm_data_parallel_size
         if size > 1 and a.dp_rank is None:  # the ranks draw every shard; then the loop below finds none to do
-            from pipeline.procs import run_data_parallel
+            from pipeline.core.procs import run_data_parallel
 
-            run_data_parallel("pipeline.traces", argv, size, cfg.compute.vllm_tensor_parallel_size)
+            run_data_parallel("pipeline.stages.traces", argv, size, cfg.compute.vllm_tensor_parallel_size)
         dp = (a.dp_rank, a.dp_size) if a.dp_rank is not None else None
         paths = generate_traces(cfg, problems, a.out, lambda msg, pct: print(f"[traces] {msg} ({pct}%)", flush=True), dp)
         if dp is not None:
             return
         print(json.dumps({"shards": [str(p) for p in paths]}))
         return
+    from pipeline.stages.filtered import filter_traces  # filtered.py imports this module
+
     raw = load_raw(sorted(Path(a.traces).glob("shard-*.jsonl")))
     kept, yld = filter_traces(cfg, problems, raw, load_tokenizer(cfg.base_model))
     if kept.empty:

@@ -1,4 +1,4 @@
-"""What the training arms (pipeline.sft, pipeline.rl, pipeline.distill; see pipeline.arms) share: reading their input file,
+"""What the training arms (pipeline.arms.sft, pipeline.arms.rl, pipeline.arms.distill; see pipeline.arms) share: reading their input file,
 building the TRL config from our validated section plus its `extra`, MLflow wiring, saving the
 final model and the metrics, and the command line around them.
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.io import read_jsonl
+from pipeline.core.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +213,12 @@ def mark_run_failed() -> None:
 
 
 def cli(stage: str, input_flag: str, input_help: str, run: Callable[..., dict], argv: list[str] | None = None) -> int:
-    """`python -m pipeline.<stage> --config C --<input_flag> F --out D [--base-model M] [--seed S]`:
+    """`python -m pipeline.arms.<stage> --config C --<input_flag> F --out D [--base-model M] [--seed S]`:
     loads and validates the preset, calls `run(cfg, input_path, out_dir, base_model, seed, checkpoints=)`,
     prints the final metrics as one JSON line."""
     from pipeline.config import ConfigError, load_config
 
-    ap = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=f"Train the {stage} stage.")
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline.arms.{stage}", description=f"Train the {stage} stage.")
     ap.add_argument("--config", required=True, help="experiment preset (YAML), e.g. configs/tiny.yaml")
     ap.add_argument(f"--{input_flag}", required=True, dest="input", help=input_help)
     ap.add_argument("--out", required=True, help="output directory for the final model (written as given)")

