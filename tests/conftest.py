@@ -26,7 +26,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A randomly initialised 2-layer Llama with the toy-world tokenizer, saved in HF format."""
-    from pipeline.toyworld import build_model, build_tokenizer
+    from pipeline.toyworld.model import build_model, build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny") / "model"
     tok = build_tokenizer()

@@ -15,7 +15,7 @@ from pipeline.analysis import analyses as analysis
 from pipeline.stages import perplexity
 from pipeline.core.io import write_jsonl
 from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, passk_table
-from pipeline.toyworld import build_model, build_tokenizer
+from pipeline.toyworld.model import build_model, build_tokenizer
 from tasks import get_task
 from tasks.toy_arith import chain_steps, completion_text, parse_chain, plain_step
 

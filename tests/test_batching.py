@@ -52,7 +52,7 @@ def qwen_gqa(seed=0):
     tokenizer's vocabulary; initialised wide enough (0.3) that its next-token distributions are peaked."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pipeline.toyworld import build_tokenizer
+    from pipeline.toyworld.model import build_tokenizer
 
     tok = build_tokenizer()
     torch.manual_seed(seed)

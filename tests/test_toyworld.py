@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
+from pipeline.toyworld import identity
 from pipeline.toyworld import (
     MARKERS, BootstrapConfig, CorpusSpec, Recipe, TrainSpec, ModelSpec, bootstrap, bootstrap_hash, build_tokenizer,
     TARGETS, completion_for, corpora, eval_problems, load_bootstrap_config, pattern_of, read_manifest,
@@ -179,23 +180,47 @@ def test_manifest_records_the_worlds_properties_and_meets_them(toyworld):
     assert all(props["checks"].values()), props["checks"]
 
 
-def test_hash_ignores_comments_but_not_code_or_config(tmp_path, monkeypatch):
-    import pipeline.toyworld as tw
+def copy_sources(tmp_path) -> Path:
+    """A copy of the files the toy world's identity covers, under tmp_path/repo."""
+    fake = tmp_path / "repo"
+    for f in identity.hashed_files(ROOT):
+        (fake / f.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        (fake / f.relative_to(ROOT)).write_text(f.read_text())
+    return fake
 
+
+def test_hash_ignores_comments_but_not_code_or_config(tmp_path, monkeypatch):
     cfg = BootstrapConfig()
     h = bootstrap_hash(cfg)
     assert bootstrap_hash(BootstrapConfig(seed=1)) != h
-    fake = tmp_path / "repo"
-    for rel in tw.HASHED_SOURCES:
-        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
-        (fake / rel).write_text((ROOT / rel).read_text())
-    monkeypatch.setattr(tw, "REPO", fake)
+    fake = copy_sources(tmp_path)
+    monkeypatch.setattr(identity, "REPO", fake)
     assert bootstrap_hash(cfg) == h
     src = fake / "tasks/toy_arith.py"
     src.write_text(src.read_text() + "\n# a comment\n")
     assert bootstrap_hash(cfg) == h
     src.write_text(src.read_text().replace("DEFAULT_LEVEL = 2", "DEFAULT_LEVEL = 3"))
     assert bootstrap_hash(cfg) != h
+
+
+def test_hash_ignores_how_the_code_is_split_but_not_what_it_does(tmp_path, monkeypatch):
+    cfg = BootstrapConfig()
+    h = bootstrap_hash(cfg)
+    fake = copy_sources(tmp_path)
+    monkeypatch.setattr(identity, "REPO", fake)
+    corpus, pretrain = fake / "pipeline/toyworld/corpus.py", fake / "pipeline/toyworld/pretrain.py"
+    src = corpus.read_text()
+    start, end = src.index("def _mistake("), src.index("def completion_for(")
+    moved = src[start:end].replace('"""A plausible', '"""Moved here: a plausible')
+    corpus.write_text(src[:start] + src[end:] + "\nfrom pipeline.toyworld.pretrain import _mistake\n")
+    pretrain.write_text(pretrain.read_text() + "\n\nimport random\n\n\n" + moved)
+    assert "def _mistake(" not in corpus.read_text() and "def _mistake(" in pretrain.read_text()
+    assert bootstrap_hash(cfg) == h  # moved between files, re-documented, imported differently
+    (fake / "pipeline/toyworld/extra.py").write_text("X = 1\n")
+    assert bootstrap_hash(cfg) != h  # a new file in the package counts
+    (fake / "pipeline/toyworld/extra.py").unlink()
+    pretrain.write_text(pretrain.read_text().replace("(-10, -2, -1, 1, 2, 10)", "(-10, -2, -1, 1, 2, 11)"))
+    assert bootstrap_hash(cfg) != h  # a changed function body counts wherever it lives
 
 
 def test_evaluation_problems_never_in_pretraining_corpora():

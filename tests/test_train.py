@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.config import RLConfig, SFTConfig, TaskSpec
 from pipeline.arms.rl import TaskReward, build_rl_trainer, train_rl
 from pipeline.arms.sft import build_sft_trainer, train_sft
-from pipeline.toyworld import build_model, build_tokenizer
+from pipeline.toyworld.model import build_model, build_tokenizer
 from pipeline.arms.common import LOG_HISTORY_FILE, METRICS_FILE, TrainInputError
 from tasks import get_task
 from tasks.toy_arith import chain_steps, completion_text, parse_chain, plain_step
@@ -280,7 +280,7 @@ def bos_world(tmp_path_factory):
     template also writes it."""
     from tokenizers import processors
 
-    from pipeline.toyworld import CHAT_TEMPLATE
+    from pipeline.toyworld.model import CHAT_TEMPLATE
 
     d = tmp_path_factory.mktemp("bos")
     tok = build_tokenizer()

@@ -85,6 +85,38 @@ def code_fingerprint(source: str) -> str:
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
+def definitions(source: str) -> list[tuple[str, str]]:
+    """(name, AST dump) of each top-level statement of a module, with docstrings and import
+    statements (at any depth) removed; the name is what the statement defines ("" for none)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):
+                continue
+            if (field == "body" and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                body = body[1:]
+            body = [s for s in body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+            setattr(node, field, body or ([ast.Pass()] if field == "body" else []))
+    out = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Pass):
+            continue
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+        name = getattr(stmt, "name", None) or ",".join(t.id for t in targets if isinstance(t, ast.Name))
+        out.append((name, ast.dump(stmt, annotate_fields=False, include_attributes=False)))
+    return out
+
+
+def code_identity(files, skip: tuple[str, ...] = ()) -> str:
+    """sha256 of the sorted (name, AST dump) definitions of all `files` except those named in `skip`:
+    independent of the files' paths, of how the definitions are split across them and of their
+    order, imports, comments and docstrings; any change to what a definition does changes it."""
+    defs = sorted(d for f in files for d in definitions(Path(f).read_text()) if d[0] not in skip)
+    return hashlib.sha256("\n".join(f"{n}\t{dump}" for n, dump in defs).encode()).hexdigest()
+
+
 @lru_cache(maxsize=None)
 def _module_fingerprint(module_file: str) -> str:
     return hashlib.sha256(code_fingerprint(Path(module_file).read_text()).encode()).hexdigest()
