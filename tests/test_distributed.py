@@ -66,7 +66,7 @@ def test_sft_data_parallel_over_two_processes(setup):
     hist = json.loads((d / "sft" / "log_history.json").read_text())
     assert hist[-1]["epoch"] == pytest.approx(1.0)
     assert (d / "sft" / "model.safetensors").is_file()
-    assert not list((d / "sft").glob("*.tmp"))
+    assert not list((d / "sft").glob("*.tmp*"))
 
 
 def test_grpo_data_parallel_over_two_processes(setup):

@@ -1,4 +1,5 @@
-"""Atomic outputs: a killed writer never leaves a directory that looks complete."""
+"""Atomic outputs: a killed writer never leaves a directory or file that looks complete; locks;
+problem files."""
 import os
 import signal
 import subprocess
@@ -7,7 +8,8 @@ import time
 
 import pytest
 
-from pipeline.core.io import atomic_dir, is_complete
+from pipeline.core.io import atomic_dir, atomic_file, is_complete, lock, read_problems, write_atomic, write_jsonl
+from tasks import get_task
 
 
 def test_failed_writer_leaves_nothing(tmp_path):
@@ -44,3 +46,39 @@ def test_rewrite_replaces_whole_directory(tmp_path):
     with atomic_dir(final) as t:
         (t / "new").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == ["_SUCCESS", "new"]
+
+
+def test_atomic_file_is_whole_or_absent_and_clears_a_killed_writers_temp(tmp_path):
+    path = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".out.json.tmp-4194305").write_text("half")  # a killed writer's (no such pid)
+    write_atomic(path, "{}")
+    write_atomic(path, b"[1]")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"] and path.read_text() == "[1]"
+
+
+def test_lock_is_exclusive_until_released(tmp_path):
+    path = tmp_path / "locks" / "a.lock"
+    with lock(path):
+        with pytest.raises(BlockingIOError):  # a second open file of the same name: another process
+            with lock(path, wait=False):
+                pass
+    with lock(path, wait=False) as f:
+        f.write("held")
+    assert path.read_text() == "held"  # the file stays: removing a held one would split the lock
+
+
+def test_read_problems_round_trips_and_names_the_bad_line(tmp_path):
+    probs = get_task("toy_arith").problems("test", 3, seed=0, levels=[1])
+    write_jsonl(tmp_path / "test.jsonl", (p.to_dict() for p in probs))
+    assert read_problems(tmp_path / "test.jsonl") == probs
+    write_jsonl(tmp_path / "bad.jsonl", [probs[0].to_dict(), {"id": "x"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not a Problem record \(.*missing"):
+        read_problems(tmp_path / "bad.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no problems \(expected at least one JSONL row\)$"):
+        read_problems(tmp_path / "empty.jsonl")

@@ -53,3 +53,29 @@ def test_dag_reexports_every_task():
         assert cls.__module__.startswith("pipeline.stages.")
         if name != "Stage":
             assert Register.get_task_cls(name) is cls
+
+
+def test_luigids_graph_names_each_node_by_what_it_is(monkeypatch, toyworld, tmp_path):
+    """luigid labels a node by the family the worker sends: `Evaluate-sft`, `Train-rl`, not four
+    `Evaluate` and two `Train`; the task id (the output directory) keeps the class name."""
+    from luigi.scheduler import Scheduler
+    from luigi.task import task_id_str
+    from luigi.worker import Worker
+
+    monkeypatch.chdir(ROOT)
+    Register.clear_instance_cache()
+    report = dag.Report(config="configs/smoke.yaml", overrides={"output_dir": str(tmp_path)})
+    scheduler = Scheduler()
+    with Worker(scheduler=scheduler, no_install_shutdown_handler=True) as worker:
+        assert worker.add(report)
+    graph = scheduler.dep_graph(report.task_id)
+    assert sorted(node["name"] for node in graph.values()) == [
+        "Evaluate-base", "Evaluate-rl", "Evaluate-sft", "Evaluate-teacher", "FilterRLProblems", "FilterTraces",
+        "GenerateTeacherTraces", "Perplexity", "Problems", "Report", "Train-rl", "Train-sft"]
+    seen, todo = [], [report]
+    while todo:
+        t = todo.pop()
+        seen.append(t.task_id)
+        assert t.task_id == task_id_str(type(t).get_task_family(), {"dir": str(t.out_dir)})
+        todo.extend(flatten(t.requires()))
+    assert set(seen) == set(graph)

@@ -82,7 +82,7 @@ def test_same_seed_same_numbers_teacher_traces_included(chaos, smoke):
 
 
 def test_a_kill_while_the_store_is_made_never_breaks_it(tmp_path):
-    make = ("import sys; from pipeline.config import load_config; from pipeline import tracking; "
+    make = ("import sys; from pipeline.config import load_config; from pipeline.core import tracking; "
             "tracking.client(load_config('configs/smoke.yaml', {'output_dir': sys.argv[1]}))")
     p = subprocess.Popen([sys.executable, "-c", make, str(tmp_path)], cwd=ROOT, env=ENV)
     deadline = time.time() + 60

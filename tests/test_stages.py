@@ -67,9 +67,10 @@ def test_trace_generation_resumes_from_finished_shards(tmp_path, toyworld):
     out.mkdir()
     marker = [{"problem_id": "kept-from-before", "sample_index": 0, "completion": "x"}]
     write_jsonl(shard_path(out, 1, 3), marker)  # shard 1 finished before a crash
-    (out / "shard-002-of-003.tmp").write_text("half a line")  # a shard killed mid-write
+    (out / ".shard-002-of-003.jsonl.tmp-4194305").write_text("half a line")  # a shard killed mid-write (dead pid)
     paths = generate_traces(cfg, probs, out)
     assert [p.name for p in paths] == [f"shard-00{i}-of-003.jsonl" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in paths]  # the killed write's temporary is gone
     assert pd.read_json(paths[1], lines=True)["problem_id"].tolist() == ["kept-from-before"]  # not redone
     for i in (0, 2):
         got = pd.read_json(paths[i], lines=True)

@@ -177,6 +177,65 @@ def test_registry_knows_the_families():
     assert type(get_task("knights_knaves")).__name__ == "KnightsKnavesTask"
 
 
+@pytest.fixture
+def extra_family(tmp_path, monkeypatch):
+    """A second folder of task modules in the package's path, as a new file in tasks/ would be;
+    the registry and the modules it imports are put back afterwards."""
+    import sys
+
+    import tasks
+
+    monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(tmp_path)])
+    monkeypatch.setattr(tasks, "REGISTRY", dict(tasks.REGISTRY))
+
+    names = []
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        tasks._family_modules.cache_clear()  # the folder is read once per process
+
+    yield write
+    for name in names:
+        sys.modules.pop(f"tasks.{name}", None)
+        tasks.__dict__.pop(name, None)
+    tasks._family_modules.cache_clear()
+
+
+def test_a_new_module_in_the_folder_is_a_family(extra_family):
+    import tasks
+
+    extra_family("echo_fixture", "from tasks import register\nfrom tasks.toy_arith import ToyArith\n\n"
+                                 "@register('echo_fixture')\ndef make(**options):\n    return ToyArith(**options)\n")
+    assert tasks.is_task("echo_fixture") and type(get_task("echo_fixture")).__name__ == "ToyArith"
+    assert "echo_fixture" in task_names()
+
+
+def test_a_task_name_registered_twice_is_refused_with_one_line(extra_family):
+    import tasks
+
+    assert tasks.is_task("math")
+    with pytest.raises(ValueError) as e:
+        tasks.register("math")(lambda **options: None)
+    assert "'math' is registered twice: by tasks.math." in str(e.value) and "\n" not in str(e.value)
+    extra_family("dupe_fixture", "from tasks import register\n\n@register('toy_arith')\ndef make(**options):\n"
+                                 "    return None\n")
+    with pytest.raises(ValueError, match=r"^tasks: task name 'toy_arith' is registered twice: by tasks\.toy_arith\.\S+ "
+                                         r"and tasks\.dupe_fixture\.make \(give one of them another name\)$"):
+        tasks.is_task("toy_arith")
+
+
+def test_a_registered_name_is_found_without_importing_reasoning_gym():
+    import subprocess
+    import sys
+
+    code = ("import sys, tasks; assert tasks.is_task('toy_arith') and tasks.is_task('math'); "
+            "print('reasoning_gym' in sys.modules, 'tasks.knights_knaves' in sys.modules); "
+            "assert tasks.is_task('knights_knaves'); print('tasks.knights_knaves' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "True"]
+
+
 # ---- bounded checks -------------------------------------------------------------------------
 def endless() -> None:
     while True:  # swallows every timeout signal: only killing the worker stops it

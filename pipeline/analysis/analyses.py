@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis import plots
-from pipeline.core.io import read_jsonl
+from pipeline.core.io import read_jsonl, read_problems, write_atomic
 from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, pass_at_k
 from tasks.base import Problem
 
@@ -75,13 +75,7 @@ def load_eval(name: str, path: str | os.PathLike) -> EvalRun:
         raise ValueError(f"{pp_path}: problem {r['problem_id']!r} has n={r['n']}, correct={r['correct']}; expected 0 <= correct <= n, n >= 1")
     pp = pp[["problem_id", "n", "correct"]].astype({"n": int, "correct": int})
 
-    problems = {}
-    for i, row in enumerate(read_jsonl(d / "problems.jsonl"), 1):
-        try:
-            p = Problem.from_dict(row)
-        except TypeError as e:
-            raise ValueError(f"{d / 'problems.jsonl'}:{i}: not a Problem record ({e})") from None
-        problems[p.id] = p
+    problems = {p.id: p for p in read_problems(d / "problems.jsonl")}
     missing = set(pp["problem_id"]) - set(problems)
     if missing:
         raise ValueError(f"{d / 'problems.jsonl'}: no record for problem {sorted(missing)[0]!r} of per_problem.csv")
@@ -301,12 +295,7 @@ def reasoning_check(runs: Mapping[str, EvalRun], ks: list[int] | None = None,
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False))
 
 
 def _jsonable(x: Any) -> Any:

@@ -49,13 +49,15 @@ MIN_PROBE = 8  # probe problems, at least, for a judgment from probe.json
 # the time (simulation: 8-64 problems, pass rates 0.02-0.97, 20,000 runs each); 0.965 keeps it at or below 3.8%
 PROBE_LEVEL = 0.965
 PROBE_FILE = "probe.json"  # beside the model and its log_history.json (pipeline/analysis/probe.py writes it)
-# the metric that says "learning" for each kind of arm, in order of preference
-TRAINING_METRIC = {"rl": ("accuracy", "reward"), "sft": ("mean_token_accuracy",)}
-CURVES = {
-    "rl": ("accuracy", "reward", "loss", "entropy", "completions/mean_length", "frac_reward_zero_std",
-           "clip_ratio/region_mean", "learning_rate"),
-    "sft": ("loss", "mean_token_accuracy", "entropy", "learning_rate"),
-}
+
+
+def _arm_spec(kind: str | tuple[str, ...], what: str) -> tuple[str, ...]:
+    """The names given, or for an arm's name its declared health_metrics or curves (pipeline.arms.Arm)."""
+    if not isinstance(kind, str):
+        return tuple(kind)
+    from pipeline.arms import get_arm
+
+    return getattr(get_arm(kind), what)
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
@@ -122,9 +124,9 @@ def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_ga
               seed: int = 0) -> dict[str, Any]:
     """The health of one arm from its log history: the training metric's first and last windows,
     their difference with one-sided 95% bounds, `judged` (enough logged points) and `learned`. `kind`
-    is "rl" or "sft", or the arm's own metrics in order of preference (pipeline.arms.Arm.health_metrics).
+    is an arm's name (its pipeline.arms.Arm.health_metrics) or the metrics themselves, in order of preference.
     `seed` is unused (the test has no resampling); kept for callers."""
-    candidates = TRAINING_METRIC[kind] if isinstance(kind, str) else tuple(kind)
+    candidates = _arm_spec(kind, "health_metrics")
     metric = next((m for m in candidates if series(history, m)[1]), None)
     if metric is None:
         return dict(kind=kind, metric=None, judged=False, learned=False, points=0,
@@ -141,12 +143,12 @@ def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_ga
                          last=last, diff=diff, ci_low=lo, ci_high=hi), min_gain)
 
 
-def check_probe(probe: dict[str, Any], min_gain: float = 0.05) -> dict[str, Any]:
+def check_probe(probe: dict[str, Any], min_gain: float = 0.05, kind: str = "probe") -> dict[str, Any]:
     """The health of an RL arm from its probe.json (pipeline/analysis/probe.py): per-problem accuracy of the
     probe set at the start and the end of training, a paired one-sided 95% t bound of the gain."""
     k = int(probe["samples"])
     start, end = np.array(probe["start"], float) / k, np.array(probe["end"], float) / k
-    base = dict(kind="rl", metric="probe accuracy", source=PROBE_FILE, points=len(start))
+    base = dict(kind=kind, metric="probe accuracy", source=PROBE_FILE, points=len(start))
     if len(start) < MIN_PROBE:
         return dict(base, judged=False, learned=False,
                     reason=f"not judged: only {len(start)} probe problems in {PROBE_FILE} (need at least {MIN_PROBE})")
@@ -165,11 +167,11 @@ def describe(arm: str, h: dict[str, Any]) -> str:
 
 
 def plot_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], path: str | Path, title: str) -> Path | None:
-    """The arm's logged curves (CURVES[kind], or the names given), one small panel each, in one PNG;
+    """The arm's logged curves (an arm's name: its pipeline.arms.Arm.curves; or the names given), one small panel each, in one PNG;
     None if nothing was logged."""
     from pipeline.analysis.plots import plt, savefig_atomic
 
-    curves = [(k, *series(history, k)) for k in (CURVES[kind] if isinstance(kind, str) else kind)]
+    curves = [(k, *series(history, k)) for k in _arm_spec(kind, "curves")]
     curves = [c for c in curves if c[2]]
     if not curves:
         return None

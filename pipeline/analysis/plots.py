@@ -18,29 +18,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-MODEL_COLORS = {"base": "tab:gray", "rl": "tab:red", "sft": "tab:blue", "teacher": "tab:green", "distill": "tab:purple"}
+from pipeline.core.io import atomic_file  # noqa: E402
+
+MODEL_COLORS = {"base": "tab:gray", "teacher": "tab:green"}  # and each arm's own `color` (pipeline.arms.Arm)
 _OTHER = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
 
+def model_colors() -> dict[str, str]:
+    from pipeline.arms import arms
+
+    return {**MODEL_COLORS, **{name: arm.color for name, arm in arms().items() if arm.color}}
+
+
 def color_of(model: str, order: Sequence[str] = ()) -> str:
-    if model in MODEL_COLORS:
-        return MODEL_COLORS[model]
-    others = [m for m in order if m not in MODEL_COLORS]
+    colors = model_colors()
+    if model in colors:
+        return colors[model]
+    others = [m for m in order if m not in colors]
     i = others.index(model) if model in others else zlib.crc32(model.encode())
     return _OTHER[i % len(_OTHER)]
 
 
 def savefig_atomic(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _log2_k_axis(ax, ks: Sequence[int]) -> None:

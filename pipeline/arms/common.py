@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.core.io import read_jsonl
+from pipeline.core.io import read_jsonl, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,7 @@ def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=float))
 
 
 def mark_run_failed() -> None:

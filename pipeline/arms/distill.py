@@ -17,17 +17,55 @@ import json
 import logging
 import sys
 
+from typing import Any
+
+from pydantic import Field
+
 from pipeline.arms import Arm
-from pipeline.config import DistillConfig
+from pipeline.config.schema import Strict, tokenizer_mismatch
 from pipeline.arms.rl import load_problems, with_our_prompt_encoding
 from pipeline.arms.common import TrainInputError, build_args, cli, common_fields, finish, resume_point, same_named
 
 log = logging.getLogger(__name__)
 
+class DistillConfig(Strict):
+    """The on-policy distillation arm (trl.DistillationTrainer): the student (the base) samples
+    completions of the training prompts and is trained toward the teacher's next-token distribution
+    on them. Needs a teacher with the student's tokenizer."""
+
+    enabled: bool = False
+    beta: float = Field(1.0, ge=0, le=1)  # TRL's generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: str = "linear"
+    max_steps: int = Field(100, ge=1)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_completion_length: int = Field(256, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    bf16: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.DistillationConfig as is")
+
+
+def check_teacher(cfg) -> None:
+    """distill.enabled needs a teacher that shares the base's tokenizer (ValueError if not)."""
+    if cfg.distill.enabled:
+        if cfg.teacher_model is None:
+            raise ValueError("distill.enabled needs a teacher_model (its token distribution is the target)")
+        why = tokenizer_mismatch(cfg.base_model, cfg.teacher_model)
+        if why:
+            raise ValueError(f"distill.enabled: the base and the teacher do not share a tokenizer ({why}); "
+                             f"on-policy distillation compares next-token distributions over one vocabulary")
+
+
 ARM = Arm(
-    name="distill", module="pipeline.arms.distill", data="problems",
+    name="distill", order=3, data="problems", config=DistillConfig, color="tab:purple", check=check_teacher,
     title="on-policy distillation: the student samples, the teacher's token distribution is the target",
     enabled=lambda cfg: cfg.distill.enabled and cfg.teacher_model is not None,
+    # the prompts RL trains on (the base's sometimes-solved problems under rl.pass_rate_filter), as before
+    prompt_filter=lambda cfg: "rl" if cfg.rl.pass_rate_filter else None,
     reads_teacher=True,
     health_metrics=("accuracy",),
     curves=("accuracy", "loss", "completions/mean_length", "learning_rate"),

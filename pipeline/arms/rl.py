@@ -23,13 +23,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
+
+from pydantic import Field, model_validator
 
 from pipeline.arms import Arm
-from pipeline.config import RLConfig, curriculum_error
+from pipeline.config.schema import Strict
 from pipeline.analysis.probe import Probe
 from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
                                    read_rows, resume_point, same_named, snapshot_steps)
@@ -59,10 +62,117 @@ RLOO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperatur
                "mask_truncated_completions")
 GRPO_FIELDS = RLOO_FIELDS + ("loss_type", "scale_rewards", "top_entropy_quantile", "entropy_coef")
 
+class RLConfig(Strict):
+    # grpo: trl.GRPOTrainer with `loss_type`; rloo: trl.RLOOTrainer (leave-one-out baseline; loss_type,
+    # top_entropy_quantile and entropy_coef are GRPOTrainer's and do not apply)
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    # who samples the rollouts: the project's engine (pipeline/sampling/engine.py) or TRL's own path
+    # (transformers generate, or vLLM through rl.extra); benchmarks/RESULTS.md has the step times
+    rollouts: Literal["cb", "trl"] = "cb"
+    enabled: bool = True  # false leaves the RL arm out of the study (e.g. an SFT data-size sweep)
+    num_generations: int = Field(8, ge=2)
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    beta: float = Field(0.0, ge=0)
+    epsilon: float = Field(0.2, gt=0)
+    epsilon_high: float | None = None
+    # trl.GRPOConfig's advantage scaling: by the group's reward std (GRPO), the batch's, or none (Dr. GRPO)
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # DAPO's overlong filtering: completions cut off at max_completion_length get no loss (TRL's name)
+    mask_truncated_completions: bool = False
+    # DAPO's soft overlong punishment (trl.rewards.get_soft_overlong_punishment, L_cache): a reward from 0
+    # down to -1 over the last soft_punish_cache tokens before max_completion_length; 0 leaves it out
+    soft_punish_cache: int = Field(0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # share of max_steps with a linear warm-up
+    lr_scheduler_type: str = "linear"  # TRL's default
+    max_steps: int = Field(100, ge=1)
+    per_device_train_batch_size: int = Field(32, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_completion_length: int = Field(256, ge=1)
+    # keep the training problems the base solves sometimes (0 < p < 1 over filter_samples rollouts at
+    # the rollout temperature), as SimpleRL-Zoo and DAPO's dynamic sampling do: a group whose
+    # rollouts all fail (or all pass) has zero advantage and teaches GRPO nothing
+    pass_rate_filter: bool = False
+    filter_samples: int = Field(8, ge=2)
+    curriculum: bool = False  # train in order of difficulty level (no shuffling), as in Logic-RL
+    top_entropy_quantile: float = Field(1.0, gt=0, le=1)  # 0.2: the policy gradient on the top-20% entropy tokens only
+    entropy_coef: float = Field(0.0, ge=0)  # an entropy bonus in the GRPO loss
+    # one-shot RLVR: one training problem, repeated to fill every batch. It is the problem with the
+    # highest variance of the base's pass rate p(1-p) in the RL prompt filter (needs pass_rate_filter)
+    one_shot: bool = False
+    # models saved at i/(snapshots+1) of max_steps, i = 1..snapshots, each evaluated like the final one
+    # (the training-length table: 2 gives 1/3, 2/3 and the end)
+    snapshots: int = Field(0, ge=0)
+    reward: Literal["verify", "logic_rl"] = "verify"
+    logging_steps: int = Field(5, ge=1)
+    bf16: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig (or RLOOConfig) as is")
+
+    @model_validator(mode="after")
+    def grpo_only_fields(self):
+        if self.algorithm == "rloo":
+            if self.top_entropy_quantile < 1 or self.entropy_coef > 0:
+                raise ValueError("top_entropy_quantile and entropy_coef are GRPO options (trl.GRPOConfig); "
+                                 "expected algorithm: grpo, or leave them at 1.0 and 0.0 for rloo")
+        if self.one_shot and not self.pass_rate_filter:
+            raise ValueError("one_shot picks its problem from the base's pass rates; expected pass_rate_filter: true")
+        if self.snapshots >= self.max_steps:
+            raise ValueError(f"snapshots={self.snapshots} needs max_steps > snapshots (got max_steps={self.max_steps})")
+        return self
+
+    @model_validator(mode="after")
+    def batch_divisible(self):
+        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size*gradient_accumulation_steps="
+                f"{self.per_device_train_batch_size * self.gradient_accumulation_steps} must be a multiple of "
+                f"num_generations={self.num_generations}"
+            )
+        return self
+
+    def prompts_per_step(self, num_processes: int = 1) -> float:
+        """Distinct prompts per optimizer step, as TRL 1.16 walks them: per_device_train_batch_size x
+        gradient_accumulation_steps x processes rollouts, num_generations per prompt, each generation
+        batch reused num_iterations times (rl.extra)."""
+        rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+        return rollouts / self.num_generations / self.extra.get("num_iterations", 1)
+
+
+def curriculum_error(level_counts: dict, max_steps: int, prompts_per_step: float) -> str | None:
+    """rl.curriculum walks the problems sorted by level: the error when max_steps x prompts_per_step
+    prompts never reach the hardest level ({level: problems}); None when they do."""
+    levels = sorted(lv for lv in level_counts if lv is not None)
+    before = sum(level_counts[lv] for lv in levels[:-1])
+    if len(levels) < 2 or max_steps * prompts_per_step > before:
+        return None
+    return (f"rl.curriculum: rl.max_steps={max_steps} x {prompts_per_step:g} prompts per step = "
+            f"{int(max_steps * prompts_per_step)} prompts never reach level {levels[-1]} (levels {levels} hold "
+            f"{[level_counts[lv] for lv in levels]} problems, the last starting at prompt {before + 1}); expected "
+            f"rl.max_steps >= {math.floor(before / prompts_per_step) + 1}, or fewer problems per level")
+
+
+def check_curriculum(cfg) -> None:
+    """rl.curriculum reaches every level (ValueError if not). Assumes each task's train_size splits evenly over
+    its levels (tasks.base.Task.problems) and that all of them reach RL; with rl.pass_rate_filter the count
+    is known only at training (build_rl_trainer checks it there)."""
+    rl = cfg.rl
+    if rl.enabled and rl.curriculum and not rl.one_shot and not rl.pass_rate_filter and all(
+            t.levels for t in cfg.tasks if t.train_size):
+        counts: dict[int, int] = {}
+        for t in (t for t in cfg.tasks if t.train_size):
+            for i, lv in enumerate(t.levels):
+                counts[lv] = counts.get(lv, 0) + t.train_size // len(t.levels) + (i < t.train_size % len(t.levels))
+        err = curriculum_error(counts, rl.max_steps, rl.prompts_per_step(cfg.compute.num_processes))
+        if err:
+            raise ValueError(err)
+
+
 ARM = Arm(
-    name="rl", module="pipeline.arms.rl", data="problems",
+    name="rl", order=2, data="problems", config=RLConfig, color="tab:red", coverage="lost", study_tables=("algorithms",),
     title="RLVR (GRPO or RLOO) on the training problems with the task's verifier as reward",
-    enabled=lambda cfg: cfg.rl.enabled,
+    enabled=lambda cfg: cfg.rl.enabled, prompt_filter=lambda cfg: "rl" if cfg.rl.pass_rate_filter else None, check=check_curriculum,
     health_metrics=("accuracy", "reward"),
     curves=("accuracy", "reward", "loss", "entropy", "completions/mean_length", "frac_reward_zero_std",
             "clip_ratio/region_mean", "learning_rate"),

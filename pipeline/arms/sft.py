@@ -11,12 +11,14 @@ the prompt tokens get label -100, so the loss is on the completion only.
 from __future__ import annotations
 
 import logging
-import sys
-
 import random
+import sys
+from typing import Any
+
+from pydantic import Field
 
 from pipeline.arms import Arm
-from pipeline.config import SFTConfig
+from pipeline.config.schema import Strict
 from pipeline.arms.common import build_args, cli, common_fields, finish, read_rows, resume_point
 from tasks.base import encode_prompt
 
@@ -24,8 +26,26 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("prompt", "completion")
 
+class SFTConfig(Strict):
+    enabled: bool = True  # the arm runs when there is a teacher; false leaves it out of the study
+    learning_rate: float = Field(5e-4, gt=0)
+    num_train_epochs: float = Field(2.0, gt=0)
+    max_steps: int = -1  # > 0: this many optimizer steps, overriding num_train_epochs (TRL's field)
+    per_device_train_batch_size: int = Field(32, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=8)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    lr_scheduler_type: str = "cosine"
+    logging_steps: int = Field(5, ge=1)
+    bf16: bool = False
+    # the SFT data-size axis: train on a seeded subset of this many verified traces (null: all of them)
+    max_traces: int | None = Field(None, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig as is")
+
+
+
 ARM = Arm(
-    name="sft", module="pipeline.arms.sft", data="traces",
+    name="sft", order=1, data="traces", config=SFTConfig, color="tab:blue", coverage="gained", study_tables=("sft_data_size",),
     title="SFT on the teacher's verified traces (distillation)",
     enabled=lambda cfg: cfg.sft.enabled and cfg.teacher_model is not None,  # no teacher, no traces
     health_metrics=("mean_token_accuracy",), curves=("loss", "mean_token_accuracy", "entropy", "learning_rate"),

@@ -1,7 +1,22 @@
 """The experiment config (schema.py) and sweeps (sweep.py). The schema's names are re-exported here,
-so `from pipeline.config import ExperimentConfig, load_config` keeps working."""
+so `from pipeline.config import ExperimentConfig, load_config` keeps working. ExperimentConfig is built
+on first use from the registered arms (their sections), and an arm's section model is found by its
+class name (e.g. `from pipeline.config import RLConfig`), both through `__getattr__`."""
 from pipeline.config.schema import (  # noqa: F401
-    HUB_ID, MIN_BOOTSTRAP, ComputeConfig, ConfigError, DistillConfig, EvalConfig, ExperimentConfig, GenerationConfig,
-    HealthConfig, RLConfig, SFTConfig, Strict, TaskSpec, TracesConfig, TrackingConfig, _format_error, check_model_dir,
-    check_model_ref, curriculum_error, load_config, parse_config, set_dotted, tokenizer_mismatch,
+    HUB_ID, MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, Strict, TaskSpec,
+    TracesConfig, TrackingConfig, _format_error, check_model_dir, check_model_ref, experiment_config, load_config,
+    parse_config, set_dotted, tokenizer_mismatch,
 )
+
+
+def __getattr__(name: str):
+    if name == "ExperimentConfig":
+        return experiment_config()
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pipeline.arms import arms
+
+    for arm in arms().values():
+        if arm.config.__name__ == name:
+            return arm.config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

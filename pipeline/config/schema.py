@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -149,135 +148,6 @@ class TracesConfig(Strict):
     max_per_problem: int = Field(4, ge=1)
 
 
-class SFTConfig(Strict):
-    enabled: bool = True  # the arm runs when there is a teacher; false leaves it out of the study
-    learning_rate: float = Field(5e-4, gt=0)
-    num_train_epochs: float = Field(2.0, gt=0)
-    max_steps: int = -1  # > 0: this many optimizer steps, overriding num_train_epochs (TRL's field)
-    per_device_train_batch_size: int = Field(32, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=8)
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
-    lr_scheduler_type: str = "cosine"
-    logging_steps: int = Field(5, ge=1)
-    bf16: bool = False
-    # the SFT data-size axis: train on a seeded subset of this many verified traces (null: all of them)
-    max_traces: int | None = Field(None, ge=1)
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig as is")
-
-
-class RLConfig(Strict):
-    # grpo: trl.GRPOTrainer with `loss_type`; rloo: trl.RLOOTrainer (leave-one-out baseline; loss_type,
-    # top_entropy_quantile and entropy_coef are GRPOTrainer's and do not apply)
-    algorithm: Literal["grpo", "rloo"] = "grpo"
-    # who samples the rollouts: the project's engine (pipeline/sampling/engine.py) or TRL's own path
-    # (transformers generate, or vLLM through rl.extra); benchmarks/RESULTS.md has the step times
-    rollouts: Literal["cb", "trl"] = "cb"
-    enabled: bool = True  # false leaves the RL arm out of the study (e.g. an SFT data-size sweep)
-    num_generations: int = Field(8, ge=2)
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
-    beta: float = Field(0.0, ge=0)
-    epsilon: float = Field(0.2, gt=0)
-    epsilon_high: float | None = None
-    # trl.GRPOConfig's advantage scaling: by the group's reward std (GRPO), the batch's, or none (Dr. GRPO)
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    # DAPO's overlong filtering: completions cut off at max_completion_length get no loss (TRL's name)
-    mask_truncated_completions: bool = False
-    # DAPO's soft overlong punishment (trl.rewards.get_soft_overlong_punishment, L_cache): a reward from 0
-    # down to -1 over the last soft_punish_cache tokens before max_completion_length; 0 leaves it out
-    soft_punish_cache: int = Field(0, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # share of max_steps with a linear warm-up
-    lr_scheduler_type: str = "linear"  # TRL's default
-    max_steps: int = Field(100, ge=1)
-    per_device_train_batch_size: int = Field(32, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_completion_length: int = Field(256, ge=1)
-    # keep the training problems the base solves sometimes (0 < p < 1 over filter_samples rollouts at
-    # the rollout temperature), as SimpleRL-Zoo and DAPO's dynamic sampling do: a group whose
-    # rollouts all fail (or all pass) has zero advantage and teaches GRPO nothing
-    pass_rate_filter: bool = False
-    filter_samples: int = Field(8, ge=2)
-    curriculum: bool = False  # train in order of difficulty level (no shuffling), as in Logic-RL
-    top_entropy_quantile: float = Field(1.0, gt=0, le=1)  # 0.2: the policy gradient on the top-20% entropy tokens only
-    entropy_coef: float = Field(0.0, ge=0)  # an entropy bonus in the GRPO loss
-    # one-shot RLVR: one training problem, repeated to fill every batch. It is the problem with the
-    # highest variance of the base's pass rate p(1-p) in the RL prompt filter (needs pass_rate_filter)
-    one_shot: bool = False
-    # models saved at i/(snapshots+1) of max_steps, i = 1..snapshots, each evaluated like the final one
-    # (the training-length table: 2 gives 1/3, 2/3 and the end)
-    snapshots: int = Field(0, ge=0)
-    reward: Literal["verify", "logic_rl"] = "verify"
-    logging_steps: int = Field(5, ge=1)
-    bf16: bool = False
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig (or RLOOConfig) as is")
-
-    @model_validator(mode="after")
-    def grpo_only_fields(self):
-        if self.algorithm == "rloo":
-            if self.top_entropy_quantile < 1 or self.entropy_coef > 0:
-                raise ValueError("top_entropy_quantile and entropy_coef are GRPO options (trl.GRPOConfig); "
-                                 "expected algorithm: grpo, or leave them at 1.0 and 0.0 for rloo")
-        if self.one_shot and not self.pass_rate_filter:
-            raise ValueError("one_shot picks its problem from the base's pass rates; expected pass_rate_filter: true")
-        if self.snapshots >= self.max_steps:
-            raise ValueError(f"snapshots={self.snapshots} needs max_steps > snapshots (got max_steps={self.max_steps})")
-        return self
-
-    @model_validator(mode="after")
-    def batch_divisible(self):
-        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size*gradient_accumulation_steps="
-                f"{self.per_device_train_batch_size * self.gradient_accumulation_steps} must be a multiple of "
-                f"num_generations={self.num_generations}"
-            )
-        return self
-
-    def prompts_per_step(self, num_processes: int = 1) -> float:
-        """Distinct prompts per optimizer step, as TRL 1.16 walks them: per_device_train_batch_size x
-        gradient_accumulation_steps x processes rollouts, num_generations per prompt, each generation
-        batch reused num_iterations times (rl.extra)."""
-        rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
-        return rollouts / self.num_generations / self.extra.get("num_iterations", 1)
-
-
-def curriculum_error(level_counts: dict, max_steps: int, prompts_per_step: float) -> str | None:
-    """rl.curriculum walks the problems sorted by level: the error when max_steps x prompts_per_step
-    prompts never reach the hardest level ({level: problems}); None when they do."""
-    levels = sorted(lv for lv in level_counts if lv is not None)
-    before = sum(level_counts[lv] for lv in levels[:-1])
-    if len(levels) < 2 or max_steps * prompts_per_step > before:
-        return None
-    return (f"rl.curriculum: rl.max_steps={max_steps} x {prompts_per_step:g} prompts per step = "
-            f"{int(max_steps * prompts_per_step)} prompts never reach level {levels[-1]} (levels {levels} hold "
-            f"{[level_counts[lv] for lv in levels]} problems, the last starting at prompt {before + 1}); expected "
-            f"rl.max_steps >= {math.floor(before / prompts_per_step) + 1}, or fewer problems per level")
-
-
-class DistillConfig(Strict):
-    """The on-policy distillation arm (trl.DistillationTrainer): the student (the base) samples
-    completions of the training prompts and is trained toward the teacher's next-token distribution
-    on them. Needs a teacher with the student's tokenizer."""
-
-    enabled: bool = False
-    beta: float = Field(1.0, ge=0, le=1)  # TRL's generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler_type: str = "linear"
-    max_steps: int = Field(100, ge=1)
-    per_device_train_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_completion_length: int = Field(256, ge=1)
-    logging_steps: int = Field(5, ge=1)
-    bf16: bool = False
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.DistillationConfig as is")
-
-
 class EvalConfig(Strict):
     n: int = Field(64, ge=1)
     ks: list[int] | None = None
@@ -351,8 +221,8 @@ class ComputeConfig(Strict):
     # one process means plain data parallel (DDP; gloo on CPU)
     accelerate_config: str | None = None
     gpus_per_stage: int = Field(0, ge=0)  # Luigi resource "gpu" each heavy stage claims ([resources] gpu=N)
-    sft_devices: str | None = None  # CUDA_VISIBLE_DEVICES for TrainSFT, e.g. "0"
-    rl_devices: str | None = None  # ... for TrainRL, e.g. "1", so both train at once
+    # CUDA_VISIBLE_DEVICES of each arm's Train stage, e.g. {sft: "0", rl: "1"}, so both train at once
+    devices: dict[str, str] = Field(default_factory=dict)
     eval_devices: str | None = None
     threads: int | None = Field(None, ge=1)  # OMP/torch threads per stage process (CPU runs)
     # vLLM parallelism for the sampling stages (teacher traces, evaluations, the RL prompt filter):
@@ -363,7 +233,7 @@ class ComputeConfig(Strict):
     vllm_data_parallel_size: int = Field(1, ge=1)
     # GRPO with rl.extra {use_vllm: true, vllm_mode: server}: TrainRL starts `vllm serve` (TRL's
     # `trl vllm-serve` command) on these GPUs, e.g. "2,3", waits for it and stops it when training ends;
-    # the trainer itself runs on rl_devices. The server uses vllm_tensor_parallel_size.
+    # the trainer itself runs on compute.devices.rl. The server uses vllm_tensor_parallel_size.
     rl_server_devices: str | None = None
 
     @field_validator("accelerate_config")
@@ -379,7 +249,10 @@ class ComputeConfig(Strict):
     eval_shard_problems: int = Field(32, ge=1)
 
 
-class ExperimentConfig(Strict):
+class _Head(Strict):
+    """ExperimentConfig's fields before the arms' sections (each registered arm's `config`, under its
+    name: pipeline.arms), in the order of a config dump."""
+
     name: str = Field(pattern=r"^[\w.-]+$")
     # a sweep member's study: members share runs/<study>/ (and so every stage they have in common) and
     # one MLflow experiment; set by pipeline.run's sweep expansion. None: the study is `name` itself
@@ -389,16 +262,23 @@ class ExperimentConfig(Strict):
     teacher_model: str | None = None
     tasks: list[TaskSpec] = Field(min_length=1)
     traces: TracesConfig = TracesConfig()
-    sft: SFTConfig = SFTConfig()
-    rl: RLConfig = RLConfig()
-    distill: DistillConfig = DistillConfig()
+
+
+class _Tail(Strict):
+    """ExperimentConfig's fields after the arms' sections."""
+
     eval: EvalConfig = EvalConfig()
     health: HealthConfig = HealthConfig()
     tracking: TrackingConfig = TrackingConfig()
     compute: ComputeConfig = ComputeConfig()
     output_dir: str = "runs"
 
-    @field_validator("tasks")
+
+class _Experiment(Strict):
+    """The methods and checks of ExperimentConfig; its fields are _Head's, one section per registered
+    arm, then _Tail's (`experiment_config`)."""
+
+    @field_validator("tasks", check_fields=False)
     @classmethod
     def _distinct_labels(cls, v):
         seen: dict[str, int] = {}
@@ -410,9 +290,9 @@ class ExperimentConfig(Strict):
             seen[label] = i
         return v
 
-    _check_base = field_validator("base_model")(classmethod(lambda cls, v: check_model_ref(v)))
+    _check_base = field_validator("base_model", check_fields=False)(classmethod(lambda cls, v: check_model_ref(v)))
 
-    @field_validator("teacher_model")
+    @field_validator("teacher_model", check_fields=False)
     @classmethod
     def _check_teacher(cls, v):
         return None if v is None else check_model_ref(v)
@@ -445,30 +325,15 @@ class ExperimentConfig(Strict):
         return cur
 
     @model_validator(mode="after")
-    def _curriculum_reaches_every_level(self):
-        # assumes each task's train_size splits evenly over its levels (tasks.base.Task.problems) and that
-        # all of them reach RL; with rl.pass_rate_filter the count is known only at training (pipeline/arms/rl.py)
-        rl = self.rl
-        if rl.enabled and rl.curriculum and not rl.one_shot and not rl.pass_rate_filter and all(
-                t.levels for t in self.tasks if t.train_size):
-            counts: dict[int, int] = {}
-            for t in (t for t in self.tasks if t.train_size):
-                for i, lv in enumerate(t.levels):
-                    counts[lv] = counts.get(lv, 0) + t.train_size // len(t.levels) + (i < t.train_size % len(t.levels))
-            err = curriculum_error(counts, rl.max_steps, rl.prompts_per_step(self.compute.num_processes))
-            if err:
-                raise ValueError(err)
-        return self
+    def _arm_checks(self):
+        from pipeline.arms import arms
 
-    @model_validator(mode="after")
-    def _distill_needs_teacher(self):
-        if self.distill.enabled:
-            if self.teacher_model is None:
-                raise ValueError("distill.enabled needs a teacher_model (its token distribution is the target)")
-            why = tokenizer_mismatch(self.base_model, self.teacher_model)
-            if why:
-                raise ValueError(f"distill.enabled: the base and the teacher do not share a tokenizer ({why}); "
-                                 f"on-policy distillation compares next-token distributions over one vocabulary")
+        unknown = sorted(set(self.compute.devices) - set(arms()))
+        if unknown:
+            raise ValueError(f"compute.devices: unknown arm(s) {unknown} (expected arm names: {sorted(arms())})")
+        for arm in arms().values():
+            if arm.check is not None:
+                arm.check(self)
         return self
 
     @property
@@ -486,6 +351,35 @@ class ExperimentConfig(Strict):
     def experiment_name(self) -> str:
         """The MLflow experiment: one per study, so a sweep's members sit side by side in one table."""
         return self.tracking.experiment or self.study or self.name
+
+
+_MODELS: dict[tuple, type] = {}
+
+
+def experiment_config() -> type[_Experiment]:
+    """ExperimentConfig for the arms registered now (pipeline.arms.arms(): pipeline/arms/ and DVR_ARMS_PATH):
+    _Head's fields, a section `<arm>: <arm.config>` per arm (its defaults when left out), _Tail's fields."""
+    from pydantic import create_model
+
+    from pipeline.arms import arms
+
+    registered = arms()
+    key = tuple((name, arm.config) for name, arm in registered.items())
+    if key not in _MODELS:
+        clash = sorted(set(registered) & (set(_Head.model_fields) | set(_Tail.model_fields)))
+        if clash:
+            raise ConfigError(f"arm(s) {clash}: name taken by a config field (expected another arm name)")
+        fields = {n: (f.annotation, f) for n, f in _Head.model_fields.items()}
+        fields.update({name: (arm.config, Field(default_factory=arm.config)) for name, arm in registered.items()})
+        fields.update({n: (f.annotation, f) for n, f in _Tail.model_fields.items()})
+        _MODELS[key] = create_model("ExperimentConfig", __base__=_Experiment, __module__=__name__, **fields)
+    return _MODELS[key]
+
+
+def __getattr__(name: str):
+    if name == "ExperimentConfig":  # built on first use: the arms' modules import this one
+        return experiment_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _dump(v: Any) -> Any:
@@ -511,16 +405,16 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}{more}"
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+def parse_config(data: dict[str, Any], source: str = "<config>") -> _Experiment:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
     try:
-        return ExperimentConfig.model_validate(data)
+        return experiment_config().model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> _Experiment:
     """Load and validate a YAML preset. `overrides` maps dotted keys to values (e.g. {"rl.beta": 0.04})."""
     p = Path(path)
     if not p.is_file():

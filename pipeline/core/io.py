@@ -1,4 +1,6 @@
-"""Small file helpers: atomic output directories and JSONL."""
+"""The one place for file mechanics: atomic directories and files (`atomic_dir`, `atomic_file`,
+`write_atomic`), exclusive locks (`lock`, `stage_lock`), JSONL and problem files (`read_jsonl`,
+`read_problems`)."""
 from __future__ import annotations
 
 import fcntl
@@ -8,7 +10,9 @@ import shutil
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
+
+from tasks.base import Problem
 
 DONE_MARKER = "_SUCCESS"
 
@@ -72,14 +76,22 @@ def sigterm_raises() -> Iterator[None]:
 
 
 @contextmanager
-def stage_lock(run_dir: str | os.PathLike, name: str) -> Iterator[None]:
-    """An exclusive, blocking file lock for one stage directory (released by the kernel if the
-    holder dies). Lock files stay in <run_dir>/.locks: removing one while held would let a third
-    process lock a different file of the same name."""
-    path = Path(run_dir) / ".locks" / f"{name}.lock"
+def lock(path: str | os.PathLike, wait: bool = True) -> Iterator[IO[str]]:
+    """An exclusive flock on `path` (created with its folder), released by the kernel if the holder
+    dies; yields the open file (mode a+). wait=False raises BlockingIOError at once if it is held.
+    The file is never removed: removing one while held would let a third process lock a different
+    file of the same name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield f
+
+
+@contextmanager
+def stage_lock(run_dir: str | os.PathLike, name: str) -> Iterator[None]:
+    """An exclusive, blocking lock for one stage directory: <run_dir>/.locks/<name>.lock."""
+    with lock(Path(run_dir) / ".locks" / f"{name}.lock"):
         yield
 
 
@@ -96,13 +108,35 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
-    """write_jsonl under a temporary name, renamed into place: the file is whole or absent."""
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (`.<name>.tmp-<pid>`) to write; it is renamed onto
+    `path` when the block ends and removed if it raises: the file is whole or absent. A killed
+    writer's temporary is cleared by the next write."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    n = write_jsonl(tmp, rows)
-    os.replace(tmp, path)
-    return n
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to `path` atomically (atomic_file)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    """write_jsonl, atomically (atomic_file)."""
+    with atomic_file(path) as tmp:
+        return write_jsonl(tmp, rows)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -122,3 +156,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}:{i}: not valid JSON ({e.msg})") from None
     return rows
+
+
+def read_problems(path: str | os.PathLike) -> list[Problem]:
+    """The problems of a JSONL file of Problem.to_dict() rows (a Problems stage's train.jsonl or
+    test.jsonl): one-line errors for a missing or empty file, bad JSON, or a row that is no Problem."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path}: no problems (expected at least one JSONL row)")
+    out = []
+    for i, row in enumerate(rows, 1):
+        try:
+            out.append(Problem.from_dict(row))
+        except TypeError as e:
+            raise ValueError(f"{path}:{i}: not a Problem record ({e})") from None
+    return out

@@ -7,7 +7,6 @@ runs/mlflow.db; MLFLOW_TRACKING_URI overrides it.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import sqlite3
@@ -23,7 +22,7 @@ if TYPE_CHECKING:  # mlflow is imported where it is used: a run with nothing to 
     from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
-from pipeline.core.io import pid_alive
+from pipeline.core.io import lock, pid_alive
 
 TAG = "dvr."  # prefix of this project's tags
 MAX_PARAM = 6000
@@ -49,8 +48,7 @@ def client(cfg: ExperimentConfig) -> MlflowClient:
         # MLflow creates and migrates a new sqlite store on first use; two Luigi workers doing that at
         # once fail ("duplicate column name"), so the first use is serialised with a file lock.
         db = Path(uri.removeprefix("sqlite:///"))
-        with open(str(db) + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with lock(str(db) + ".lock"):
             ensure_sqlite_store(db)
         _READY.add(uri)
     return MlflowClient(uri)
@@ -128,10 +126,7 @@ def _artifact_root(cfg: ExperimentConfig, name: str) -> str | None:
 def _lock(cfg: ExperimentConfig, name: str):
     """An exclusive file lock under output_dir: Luigi workers are processes, and search-then-create
     must be one step for them."""
-    path = Path(cfg.output_dir) / f".{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with lock(Path(cfg.output_dir) / f".{name}.lock"):
         yield
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.core import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
-from pipeline.core.io import Terminated, atomic_dir, is_complete, read_jsonl, sigterm_raises, stage_lock
+from pipeline.core.io import Terminated, atomic_dir, is_complete, read_problems, sigterm_raises, stage_lock
 from pipeline.core.procs import run_stage_process
 from tasks import Problem
 
@@ -36,6 +36,15 @@ class Stage(luigi.Task):
         # stage they share (same key, same directory, different `overrides`) are one task, run once.
         self.task_id = luigi.task.task_id_str(self.get_task_family(), {"dir": str(self.out_dir)})
         self._Task__hash = hash(self.task_id)
+
+    node = ""  # what this instance is, for a stage with several (an arm, a model): Train-rl, Evaluate-sft
+
+    @property
+    def task_family(self) -> str:
+        """The node's name in luigid's graph and Luigi's run summary: the class and, for a stage with
+        several instances, what this one is (`Evaluate-sft`). Luigi reads it from the instance; the
+        class (`luigi --module pipeline.dag Evaluate`) and the task id keep the class name."""
+        return f"{self.get_task_family()}-{self.node}" if self.node else self.get_task_family()
 
     @cached_property
     def cfg(self) -> ExperimentConfig:
@@ -165,7 +174,7 @@ def stage_info(out_dir: Path) -> dict:
 
 
 def load_problems(problems_dir: str | Path, split: str) -> list[Problem]:
-    return [Problem.from_dict(d) for d in read_jsonl(Path(problems_dir) / f"{split}.jsonl")]
+    return read_problems(Path(problems_dir) / f"{split}.jsonl")
 
 
 def log_model(cfg: ExperimentConfig, run_id: str, model_dir: Path, final_path: Path) -> None:

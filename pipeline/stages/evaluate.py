@@ -38,7 +38,7 @@ from pipeline.config import ConfigError, EvalConfig, GenerationConfig, TaskSpec,
 from pipeline.arms import arms, is_arm
 from pipeline.arms.common import SNAPSHOTS
 from pipeline.core import tracking
-from pipeline.core.io import atomic_dir, is_complete, read_jsonl, write_jsonl, write_jsonl_atomic
+from pipeline.core.io import atomic_dir, is_complete, read_jsonl, read_problems, write_jsonl, write_jsonl_atomic
 from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, passk_table
 from pipeline.sampling.backends import Engine, Sample, load_tokenizer, resolve_backend
 from pipeline.stages.base import Stage, _gpu
@@ -296,9 +296,7 @@ def main(argv=None) -> None:
     try:
         tasks = build_tasks(specs)
         if a.problems:
-            problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
-            if not problems:
-                raise ValueError(f"{a.problems}: no problems (expected at least one JSONL row)")
+            problems = read_problems(a.problems)
             tasks.update(build_tasks([TaskSpec(name=t) for t in {p.task for p in problems} - set(tasks)]))
         else:
             problems = problems_for(specs, "test")
@@ -327,6 +325,7 @@ class Evaluate(Stage):
     step = luigi.IntParameter(default=0, description="an arm's snapshot at this training step (0: the final model)")
     stage, sections = "eval", EVAL_SAMPLING + ("seed",)
     resources = property(lambda self: _gpu(self.cfg))
+    node = property(lambda self: self.name)  # luigid's graph: Evaluate-base, Evaluate-rl, Evaluate-rl@50
 
     def upstream(self):
         up = {"problems": Problems(self.config, self.overrides)}

@@ -22,7 +22,7 @@ from pipeline.arms.common import LOG_HISTORY_FILE, snapshot_steps
 from pipeline.config import ExperimentConfig
 from pipeline.analysis.health import PROBE_FILE, check_arm, check_probe, describe, plot_arm, read_history
 from pipeline.core import tracking
-from pipeline.core.io import is_complete, read_jsonl
+from pipeline.core.io import is_complete, read_problems
 from pipeline.analysis.passk import paired_difference, passk_table
 from pipeline.stages.base import Stage, stage_info
 from pipeline.stages.evaluate import Evaluate
@@ -145,7 +145,7 @@ def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain:
         history = read_history(path)
         spec = get_arm(arm)
         probe = Path(path).parent / PROBE_FILE  # curriculum and one-shot RL runs: their probe set (pipeline/analysis/probe.py)
-        health[arm] = (check_probe(json.loads(probe.read_text()), min_gain) if probe.is_file()
+        health[arm] = (check_probe(json.loads(probe.read_text()), min_gain, kind=arm) if probe.is_file()
                        else check_arm(history, spec.health_metrics, min_gain=min_gain, seed=seed))
         png = plot_arm(history, spec.curves, out / f"training_{arm}.png", f"{arm}: training curves")
         health[arm]["plot"] = png.name if png else None
@@ -209,7 +209,7 @@ def health_markdown(health: dict[str, dict]) -> list[str]:
 def per_benchmark(evals: dict[str, Path], pp: dict[str, pd.DataFrame], ks: list[int], n_boot: int, seed: int):
     """pass@k per task label (benchmark) when the study has more than one: (table, markdown)."""
     first = next(iter(evals.values()))
-    task_of = {r["id"]: r["task"] for r in read_jsonl(first / "problems.jsonl")}
+    task_of = {p.id: p.task for p in read_problems(first / "problems.jsonl")}
     if len(set(task_of.values())) < 2:
         return None, []
     parts = []
@@ -267,9 +267,10 @@ def analysis_markdown(a: dict) -> str:
     lines += _table(["model", "solvable"], [[m, v] for m, v in cov["solvable"].items()])
     lines += [""] + _table(["vs base", "both", "base only", "model only", "neither"],
                            [[m, v["both"], v["base_only"], v["model_only"], v["neither"]] for m, v in cov["vs_base"].items()])
-    for m, key, title in (("rl", "lost", "Problems lost by RL (base solves, RL does not)"),
-                          ("sft", "gained", "Problems gained by SFT (SFT solves, base does not)")):
-        items = cov["vs_base"].get(m, {}).get(key, [])
+    for m, key in ((m, arms()[m].coverage) for m in cov["vs_base"] if is_arm(m) and arms()[m].coverage):
+        title = (f"Problems lost by {m} (base solves, {m} does not)" if key == "lost"
+                 else f"Problems gained by {m} ({m} solves, base does not)")
+        items = cov["vs_base"][m].get(key, [])
         lines += ["", f"### {title}: {len(items)}", ""]
         for it in items[:10]:
             ex = it.get("correct_completion") or {}

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis import plots
+from pipeline.arms import arms
 from pipeline.analysis.passk import per_problem_passk, resample_weights
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.config.sweep import Sweep
@@ -145,7 +146,7 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def algorithms_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, arm: str = "rl",
+def algorithms_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, arm: str,
                      notes: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     k_max = int(df["k_max"].iloc[0])
     rows, md_rows = [], []
@@ -222,35 +223,37 @@ def _spread(vals: pd.Series, fmt: str) -> str:
     return "/".join(dict.fromkeys(v)) or "n/a"
 
 
-def sft_data_size_table(df: pd.DataFrame, axes: list[str], out: Path, pp: PerProblem):
-    if "sft_pass_at_1" not in df or "sft_num_examples" not in df:
-        return None, ["## SFT data size", "", "No SFT arm in this study."]
-    rest = [a for a in axes if a != "sweep.sft.max_traces"]
+def data_size_table(df: pd.DataFrame, axes: list[str], out: Path, pp: PerProblem, arm: str):
+    """The arm's pass@1 and pass@k_max against the number of training rows it used (its `max_traces` axis)."""
+    title = f"{arm.upper()} data size"
+    if f"{arm}_pass_at_1" not in df or f"{arm}_num_examples" not in df:
+        return None, [f"## {title}", "", f"No {arm} arm in this study."]
+    rest = [a for a in axes if a != f"sweep.{arm}.max_traces"]
     k_max = int(df["k_max"].iloc[0])
     rows, md_rows = [], []
-    for key, g in _groups(df.sort_values("sft_num_examples", kind="stable"), rest + ["sft_num_examples"]):
+    for key, g in _groups(df.sort_values(f"{arm}_num_examples", kind="stable"), rest + [f"{arm}_num_examples"]):
         row = {**dict(zip([a.removeprefix("sweep.") for a in rest] + ["traces"], key)), "seeds": len(g)}
         row["traces"] = int(float(row["traces"]))
-        steps, epochs = (_spread(g.get(f"sft_{c}", pd.Series(dtype=float)), f) for c, f in (("global_step", ".0f"),
-                                                                                          ("epoch", ".2f")))
+        steps, epochs = (_spread(g.get(f"{arm}_{c}", pd.Series(dtype=float)), f) for c, f in (("global_step", ".0f"),
+                                                                                            ("epoch", ".2f")))
         row["steps"], row["epochs"] = steps, epochs
         cells = []
-        for col, k in (("sft_pass_at_1", 1), ("sft_pass_at_kmax", k_max)):
-            text, (row[col], row[f"{col}_ci_low"], row[f"{col}_ci_high"]) = _cell([pp.values(m, "sft", k) for m in g["member"]])
+        for col, k in ((f"{arm}_pass_at_1", 1), (f"{arm}_pass_at_kmax", k_max)):
+            text, (row[col], row[f"{col}_ci_low"], row[f"{col}_ci_high"]) = _cell([pp.values(m, arm, k) for m in g["member"]])
             cells.append(text)
-        row["learned"] = f"{int(g.get('sft_learned', pd.Series(dtype=bool)).sum())}/{len(g)}"
+        row["learned"] = f"{int(g.get(f'{arm}_learned', pd.Series(dtype=bool)).sum())}/{len(g)}"
         rows.append(row)
         md_rows.append(list(key[:-1]) + [str(row["traces"]), steps, epochs, str(len(g))] + cells + [row["learned"]])
     tab = pd.DataFrame(rows)
-    long = pd.concat([tab.assign(k=1, pass_at_k=tab["sft_pass_at_1"], ci_low=tab["sft_pass_at_1_ci_low"],
-                                 ci_high=tab["sft_pass_at_1_ci_high"]),
-                      tab.assign(k=k_max, pass_at_k=tab["sft_pass_at_kmax"], ci_low=tab["sft_pass_at_kmax_ci_low"],
-                                 ci_high=tab["sft_pass_at_kmax_ci_high"])])
-    plots.training_length(long.assign(arm="sft", step=long["traces"]), out / "sft_data_size.png",
-                          "SFT pass@k against the number of teacher traces (mean over seeds)")
-    md = ["## SFT data size", "", f"SFT pass@1 and pass@{k_max} against the number of verified teacher traces it "
-          f"trained on, with its optimizer steps and epochs (passes over those traces; values over seeds joined by "
-          f"/); {CI_WORDS}.", "", "![SFT data size](sft_data_size.png)", ""]
+    p1, pk = f"{arm}_pass_at_1", f"{arm}_pass_at_kmax"
+    long = pd.concat([tab.assign(k=1, pass_at_k=tab[p1], ci_low=tab[f"{p1}_ci_low"], ci_high=tab[f"{p1}_ci_high"]),
+                      tab.assign(k=k_max, pass_at_k=tab[pk], ci_low=tab[f"{pk}_ci_low"], ci_high=tab[f"{pk}_ci_high"])])
+    png = f"{arm}_data_size.png"
+    plots.training_length(long.assign(arm=arm, step=long["traces"]), out / png,
+                          f"{arm} pass@k against the number of training examples (mean over seeds)")
+    md = [f"## {title}", "", f"{arm} pass@1 and pass@{k_max} against the number of training examples it "
+          f"trained on, with its optimizer steps and epochs (passes over those examples; values over seeds joined by "
+          f"/); {CI_WORDS}.", "", f"![{title}]({png})", ""]
     md += _md_table([a.removeprefix("sweep.") for a in rest] + ["traces", "steps", "epochs", "seeds", "pass@1",
                                                                f"pass@{k_max}", "learned"], md_rows)
     return tab, md
@@ -273,12 +276,16 @@ def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, second
                   f"numbers are not evidence about the method until that is fixed.", ""]
     tables = {}
     for t in sweep.tables:
-        if t == "algorithms":
-            tab, md = algorithms_table(df, axes, pp, notes=sweep.notes)
-        elif t == "training_length":
+        # the arm a table is about: the one that lists it in its `study_tables` (pipeline/arms)
+        owner = next((a.name for a in arms().values() if t in a.study_tables), None)
+        if t == "training_length":
             tab, md = training_length_table(sweep, reports, axes, out, pp)
+        elif owner is None:
+            raise ValueError(f"study table {t!r}: no arm lists it in its study_tables")
+        elif t == "algorithms":
+            tab, md = algorithms_table(df, axes, pp, arm=owner, notes=sweep.notes)
         else:
-            tab, md = sft_data_size_table(df, axes, out, pp)
+            tab, md = data_size_table(df, axes, out, pp, arm=owner)
         if tab is not None:
             tab.to_csv(out / f"{t}.csv", index=False)
             (out / f"{t}.md").write_text("\n".join(md) + "\n")

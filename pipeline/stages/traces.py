@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.core import tracking
-from pipeline.core.io import read_jsonl, write_jsonl
+from pipeline.core.io import read_jsonl, read_problems, write_jsonl, write_jsonl_atomic
 from pipeline.sampling.backends import Engine, load_tokenizer
 from pipeline.stages.base import Stage, _gpu
 from pipeline.stages.problems import Problems
@@ -56,9 +55,7 @@ def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str
         rows = [dict(problem_id=p.id, task=p.task, difficulty=p.difficulty, sample_index=j, completion=s.text,
                      num_tokens=s.num_tokens, finish_reason=s.finish_reason)
                 for p, row in zip(part, samples) for j, s in enumerate(row)]
-        tmp = paths[i].with_suffix(".tmp")
-        write_jsonl(tmp, rows)
-        os.replace(tmp, paths[i])  # a shard is either whole or absent
+        write_jsonl_atomic(paths[i], rows)  # a shard is either whole or absent
         if progress:
             progress(f"shard {i + 1}/{shards} done", 100 * (shards - len(todo) + done + 1) // shards)
     return paths
@@ -124,9 +121,7 @@ def main(argv=None) -> None:
 
 def _main(a, argv: list[str]) -> None:
     cfg = load_config(a.config)
-    problems = [Problem.from_dict(d) for d in read_jsonl(a.problems)]
-    if not problems:
-        raise SystemExit(f"error: {a.problems}: no problems (expected at least one JSONL row)")
+    problems = read_problems(a.problems)
     if a.cmd == "generate":
         size = cfg.compute.vllm_data_parallel_size
         if size > 1 and a.dp_rank is None:  # the ranks draw every shard; then the loop below finds none to do

@@ -15,13 +15,14 @@ from pipeline.stages.traces import GenerateTeacherTraces
 
 
 class Train(Stage):
-    """One trained arm (pipeline.arms: sft, rl, distill, ...): `python -m <arm module>` (or
+    """One trained arm (pipeline.arms): `python -m pipeline.arms <arm module>` (or
     `accelerate launch`) on its training input, from the base. Its identity: the base, its own config
     section, the seed, the process count, its input's identity, and the teacher when it loads one."""
 
     arm = luigi.Parameter(description="the arm to train: " + ", ".join(arms()))
     priority = 10  # the critical path (traces -> SFT, and RL) before the base/teacher evaluations
     resources = property(lambda self: _gpu(self.cfg))
+    node = property(lambda self: self.arm)  # luigid's graph: Train-sft, Train-rl
 
     @property
     def spec(self) -> Arm:
@@ -42,8 +43,9 @@ class Train(Stage):
     def upstream(self):
         if self.spec.data == "traces":
             return {"data": FilterTraces(self.config, self.overrides)}
-        source = FilterRLProblems if self.cfg.rl.pass_rate_filter else Problems
-        return {"data": source(self.config, self.overrides)}
+        section = self.spec.prompt_filter(self.cfg)
+        return {"data": FilterRLProblems(self.config, self.overrides, section=section) if section
+                else Problems(self.config, self.overrides)}
 
     def data_file(self) -> str:
         return self.input()["data"].path + ("/filtered.jsonl" if self.spec.data == "traces" else "/train.jsonl")
@@ -66,14 +68,15 @@ class Train(Stage):
 
     def train(self, tmp, run_id):
         flag = "--traces" if self.spec.data == "traces" else "--problems"
-        self.subprocess(self.spec.module, ["--config", str(tmp / "config.yaml"), flag, self.data_file(),
+        # `python -m pipeline.arms <module>`: finds an arm module in a DVR_ARMS_PATH folder too
+        self.subprocess("pipeline.arms", [self.spec.module, "--config", str(tmp / "config.yaml"), flag, self.data_file(),
                         "--out", str(tmp / "model"), "--checkpoints", str(self.work_dir(".ckpt"))],
-                        run_id, devices=getattr(self.cfg.compute, f"{self.arm}_devices", None), train=True)
+                        run_id, devices=self.cfg.compute.devices.get(self.arm), train=True)
         log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
         return {"model": str(self.out_dir / "model"), "arm": self.arm}
 
     def with_vllm_server(self, tmp, run_id, extra):
-        """Rollouts from a vLLM server that this stage starts on compute.rl_server_devices and stops
+        """Rollouts from a vLLM server (an arm's `extra: {use_vllm: true, vllm_mode: server}`) that this stage starts on compute.rl_server_devices and stops
         when training ends; the trainer reaches it on a free port, and syncs weights on another."""
         from pipeline.core.procs import free_port, managed_server, vllm_server_command
 
