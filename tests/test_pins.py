@@ -9,7 +9,7 @@ import trl
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipeline.arms import rl
+from pipeline.arms import trl_patches as rl
 from pipeline.arms.common import TrainInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_cb_rollouts_refuse_another_trl(monkeypatch):
 
     assert issubclass(rl.grpo_trainer_class("cb"), GRPOTrainer)  # the pinned TRL passes
     monkeypatch.setattr(trl, "__version__", "1.17.0")
-    msg = ("pipeline/arms/rl.py overrides TRL's private GRPOTrainer._generate_single_turn written for trl 1.16.*; "
+    msg = ("pipeline/arms/trl_patches.py overrides TRL's private GRPOTrainer._generate_single_turn written for trl 1.16.*; "
            "installed trl 1.17.0: install the pinned set with `make setup` or set rl.rollouts: trl")
     with pytest.raises(TrainInputError) as e:
         rl.grpo_trainer_class("cb")
@@ -77,5 +77,5 @@ def test_prompt_encoding_refuses_a_trainer_without_the_method():
 
     with pytest.raises(TrainInputError) as e:
         rl.with_our_prompt_encoding(Renamed)
-    assert str(e.value) == ("pipeline/arms/rl.py overrides TRL's private Renamed._tokenize_prompts written for trl 1.16.*; "
+    assert str(e.value) == ("pipeline/arms/trl_patches.py overrides TRL's private Renamed._tokenize_prompts written for trl 1.16.*; "
                             f"installed trl {trl.__version__} has no such method: install the pinned set with `make setup`")

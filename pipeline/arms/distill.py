@@ -22,7 +22,8 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.arms import Arm
-from pipeline.config.schema import Strict, tokenizer_mismatch
+from pipeline.config.models import tokenizer_mismatch
+from pipeline.config.schema import Strict
 from pipeline.arms.rl import load_problems, with_our_prompt_encoding
 from pipeline.arms.common import TrainInputError, build_args, cli, common_fields, finish, resume_point, same_named
 
