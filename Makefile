@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-gpu$(GPU)
 # every pip step of the CPU set-up installs within the pinned set; the GPU path has no lock (see above)
 PIN := $(if $(filter 1,$(GPU)),,-c $(CONSTRAINTS))
 
-.PHONY: setup run test smoke bootstrap benchmark clean lock
+.PHONY: setup run test test-fast smoke bootstrap benchmark clean lock
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# the fast tier: every unit test and one smoke DAG (tests marked slow left out)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # the benchmark suite (benchmarks/RESULTS.md): about 25 minutes on 2 cores
 benchmark: setup

@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from conftest import run_smoke as run  # the `smoke` fixture (conftest.py) is this module's study
 
-pytestmark = pytest.mark.slow  # the shared smoke study: several minutes on 2 cores
 
 
 def test_report_files_and_verdicts(smoke):
@@ -45,6 +44,7 @@ def test_report_files_and_verdicts(smoke):
     assert list((out / "smoke" / "logs").glob("filtered-*.log"))
 
 
+@pytest.mark.slow  # the fast tier keeps one smoke DAG: test_report_files_and_verdicts
 def test_mlflow_runs_metrics_and_lineage(smoke):
     out, _ = smoke
     c = MlflowClient(f"sqlite:///{out}/mlflow.db")
@@ -89,6 +89,7 @@ def test_mlflow_runs_metrics_and_lineage(smoke):
     assert {"problems-train", "problems-test", "teacher-traces", "filtered-traces"} <= names
 
 
+@pytest.mark.slow  # the fast tier keeps one smoke DAG: test_report_files_and_verdicts
 def test_unchanged_rerun_is_a_noop_and_rl_change_reruns_only_rl(smoke):
     out, _ = smoke
     before = {p.name for p in (out / "smoke").iterdir()}

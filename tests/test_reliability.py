@@ -49,6 +49,7 @@ def chaos(tmp_path_factory, toyworld):
     return out, res
 
 
+@pytest.mark.slow  # whole smoke DAGs
 def test_kills_at_five_points_resume_to_the_same_outputs(chaos):
     out, res = chaos
     assert res.returncode == 0, (res.stdout[-4000:], res.stderr[-4000:])
@@ -67,6 +68,7 @@ def test_kills_at_five_points_resume_to_the_same_outputs(chaos):
     assert all("killed" in r for r in end_reasons(out / "chaos" / "mlflow.db").values())
 
 
+@pytest.mark.slow  # whole smoke DAGs
 def test_same_seed_same_numbers_teacher_traces_included(chaos, smoke):
     """Two uninterrupted runs: the chaos script's reference (1 worker) and the shared smoke study
     (2 workers, conftest.py)."""
@@ -137,6 +139,7 @@ def wait_for(pred, timeout=300):
     return False
 
 
+@pytest.mark.slow  # whole smoke DAGs
 def test_a_second_invocation_of_a_running_study_exits_naming_it(tmp_path, toyworld):
     first = subprocess.Popen(pipeline_cmd(tmp_path), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
@@ -152,6 +155,7 @@ def test_a_second_invocation_of_a_running_study_exits_naming_it(tmp_path, toywor
         first.wait()
 
 
+@pytest.mark.slow  # whole smoke DAGs
 def test_two_writers_of_one_stage_make_it_once(tmp_path, toyworld):
     """Two `luigi` invocations (no study lock) of the same Problems stage at once: one writes it,
     the other waits on the stage lock and finds it complete."""
@@ -169,6 +173,7 @@ def test_two_writers_of_one_stage_make_it_once(tmp_path, toyworld):
     assert runs == [("FINISHED",)]  # one stage run, not two
 
 
+@pytest.mark.slow  # whole smoke DAGs
 def test_sigterm_ends_the_stage_run_killed_and_leaves_no_temporaries(tmp_path, toyworld):
     p = subprocess.Popen(pipeline_cmd(tmp_path), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -186,6 +191,7 @@ def test_sigterm_ends_the_stage_run_killed_and_leaves_no_temporaries(tmp_path, t
     # (that a rerun then completes with no run RUNNING is the chaos test's)
 
 
+@pytest.mark.slow  # whole smoke DAGs
 def test_a_failing_stage_fails_alone_with_its_reason(tmp_path, tiny_model):
     """A teacher whose traces are all wrong (a random model): the filter stage fails with one line in
     the summary naming it and its log; the traces it read stay complete; its run is FAILED with the

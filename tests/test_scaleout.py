@@ -33,6 +33,7 @@ def test_data_parallel_evaluation_equals_one_process(tiny_model, tmp_path):
     assert len(list((tmp_path / "w2").glob("samples-*.jsonl"))) == 4  # 8 problems in shards of 2, drawn by 2 ranks
 
 
+@pytest.mark.slow  # several interpreters loading torch
 def test_data_parallel_teacher_traces_equal_one_process(toyworld, tmp_path):
     from tasks import problems_for
     from pipeline.config import load_config

@@ -43,6 +43,7 @@ def study(tmp_path_factory, toyworld):
     return d / "runs", path, res.stdout
 
 
+@pytest.mark.slow  # a whole smoke sweep
 def test_shared_stages_run_once(study):
     runs, _, _ = study
     dirs = [p.name.rsplit("-", 1)[0] for p in (runs / "algos").iterdir() if p.is_dir() and "-" in p.name
@@ -58,6 +59,7 @@ def test_shared_stages_run_once(study):
     assert sorted(p.name for p in (runs / "algos" / "members").iterdir()) == ["variant-grpo", "variant-rloo"]
 
 
+@pytest.mark.slow  # a whole smoke sweep
 def test_the_distillation_arm_is_in_every_table_and_verdict(study):
     runs, _, _ = study
     rep = runs / "algos" / "members" / "variant-grpo" / "report"
@@ -70,6 +72,7 @@ def test_the_distillation_arm_is_in_every_table_and_verdict(study):
     assert (rep / "training_distill.png").is_file() and "| distill |" in (rep / "report.md").read_text()
 
 
+@pytest.mark.slow  # a whole smoke sweep
 def test_the_sweep_writes_its_tables(study):
     """The real sweep writes every table; the numbers are checked on hand-built reports below."""
     runs, _, _ = study
@@ -232,6 +235,7 @@ def test_sft_data_size_table_shows_steps_and_epochs(tmp_path):
     assert "| traces | steps | epochs | seeds |" in md and "| 900 | 50/51 | 1.11 | 2 |" in md
 
 
+@pytest.mark.slow  # a whole smoke sweep
 def test_one_mlflow_experiment_with_a_parent_run_per_member(study):
     runs, _, _ = study
     c = MlflowClient(f"sqlite:///{runs}/mlflow.db")
@@ -249,6 +253,7 @@ def test_one_mlflow_experiment_with_a_parent_run_per_member(study):
     assert "study_report/algorithms.csv" in [f.path for f in c.list_artifacts(tables[0].info.run_id, "study_report")]
 
 
+@pytest.mark.slow  # a whole smoke sweep
 def test_an_unchanged_rerun_of_the_sweep_runs_nothing(study):
     _, path, _ = study
     res = run("--config", str(path))
