@@ -97,7 +97,9 @@ def test_health_of_curriculum_and_one_shot_runs_reads_the_probe(variant, tmp_pat
     cfg = RLConfig(num_generations=4, per_device_train_batch_size=8, max_steps=2, max_completion_length=24,
                    logging_steps=1, extra={"gradient_checkpointing": False, "disable_tqdm": True}, **variant_fields)
     out = tmp_path / "model"
-    train_rl(str(toyworld / "base"), str(d / "train.jsonl"), [spec], cfg, str(out), seed=0)
+    # as in the DAG: checkpoints elsewhere, so the model directory does not exist until the model is saved
+    train_rl(str(toyworld / "base"), str(d / "train.jsonl"), [spec], cfg, str(out), seed=0,
+             checkpoints=str(tmp_path / "ckpt"), save_steps=100)
     probe = json.loads((out / "probe.json").read_text())
     expected = 11 if variant == "one_shot" else 12  # every distinct problem but the one-shot one
     assert len(probe["problems"]) == len(set(probe["problems"])) == expected

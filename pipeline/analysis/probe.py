@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.analysis.health import PROBE_FILE
+from pipeline.core.io import write_atomic
 from tasks.base import Problem, encode_prompt
 
 PROBE_PROBLEMS = 32
@@ -90,7 +91,7 @@ class Probe:
             return None
         end = self._score()
         log.info("probe at the end: %d/%d correct", sum(end), PROBE_SAMPLES * len(self.problems))
-        path = Path(out_dir) / PROBE_FILE
-        path.write_text(json.dumps(dict(problems=[p.id for p in self.problems], samples=PROBE_SAMPLES,
-                                        temperature=self.cfg.temperature, start=self.counts, end=end), indent=1))
-        return path
+        # out_dir may not exist yet: the trainer saves the model into it after this
+        return write_atomic(Path(out_dir) / PROBE_FILE, json.dumps(dict(
+            problems=[p.id for p in self.problems], samples=PROBE_SAMPLES, temperature=self.cfg.temperature,
+            start=self.counts, end=end), indent=1))
