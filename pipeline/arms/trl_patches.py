@@ -78,9 +78,10 @@ def with_cb_rollouts(trainer_cls):
             n = groups[0][1] if len({c for _, c in groups}) == 1 else 1
             prompts = [g for g, _ in groups] if n > 1 else [list(ids) for ids in prompt_ids]
             # cb's draws are a function of (seed, prompt key = index in this call, sample, step): a fresh seed per
-            # call, from the trainer's seeded RNG (runs repeat) with its step and this call's count folded in
-            self._cb_calls = getattr(self, "_cb_calls", 0) + 1
-            seed = (int(torch.randint(0, 2**62, (1,))) * 1_000_003 + self.state.global_step) * 1_000_003 + self._cb_calls
+            # call from the trainer's seeded torch RNG (advanced by every call, and restored with a checkpoint, so
+            # a resumed run draws what an uninterrupted one draws) with the step folded in. No per-process
+            # counter: it would restart at a resume and change the rollouts (the chaos test caught that).
+            seed = int(torch.randint(0, 2**62, (1,))) * 1_000_003 + self.state.global_step
             was_training = model.training
             model.eval()
             try:
