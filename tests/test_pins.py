@@ -1,6 +1,7 @@
 """The pinned dependency set (constraints.txt, which `make setup` installs within) is the installed
 one, and the RL arm refuses a TRL whose private API its rollout override was not written for."""
 import re
+import sysconfig
 from importlib.metadata import distributions, requires, version
 from pathlib import Path
 
@@ -31,7 +32,10 @@ def makefile_var(name: str) -> str:
 
 
 def test_constraints_pin_exactly_the_installed_set():
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    # the venv's site-packages only: once something imports setuptools, its vendored packages
+    # (setuptools/_vendor: autocommand, jaraco.*, ...) join sys.path and distributions() would list them
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions(path=site)}
     assert canonicalize_name(PROJECT) in installed
     del installed[canonicalize_name(PROJECT)]
     pinned = pins()
