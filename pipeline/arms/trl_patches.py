@@ -79,9 +79,13 @@ def with_cb_rollouts(trainer_cls):
             prompts = [g for g, _ in groups] if n > 1 else [list(ids) for ids in prompt_ids]
             # cb's draws are a function of (seed, prompt key = index in this call, sample, step): a fresh seed per
             # call from the trainer's seeded torch RNG (advanced by every call, and restored with a checkpoint, so
-            # a resumed run draws what an uninterrupted one draws) with the step folded in. No per-process
-            # counter: it would restart at a resume and change the rollouts (the chaos test caught that).
-            seed = int(torch.randint(0, 2**62, (1,))) * 1_000_003 + self.state.global_step
+            # a resumed run draws what an uninterrupted one draws) with the step folded in twice. Nothing that
+            # lives only in this process: a per-process call counter restarted at a resume and changed the
+            # rollouts (the chaos test caught it). That counter equalled step + 1 in every uninterrupted run with
+            # one generation per optimizer step (TRL's default), so this formula draws the same rollouts as the
+            # runs behind docs/findings.md.
+            step = self.state.global_step
+            seed = (int(torch.randint(0, 2**62, (1,))) * 1_000_003 + step) * 1_000_003 + step + 1
             was_training = model.training
             model.eval()
             try:
