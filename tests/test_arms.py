@@ -301,6 +301,7 @@ def test_sft_data_size_members_take_the_same_number_of_optimizer_steps(tmp_path)
     assert steps == {200: (200, 165), 600: (600, 165), None: (1035, 165)}
 
 
+@pytest.mark.slow  # a whole smoke DAG
 def test_logic_rl_on_knights_and_knaves_runs_end_to_end(tmp_path, toyworld):
     """The knights-knaves preset's DAG (Logic-RL reward, curriculum), at smoke size on the toy base:
     problems from reasoning-gym, GRPO with the shaped reward, evaluation, report."""
