@@ -36,6 +36,7 @@ from pipeline.config.schema import Strict
 from pipeline.analysis.probe import Probe
 from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
                                    read_rows, resume_point, same_named, snapshot_steps)
+from pipeline.core.io import read_problems
 from pipeline.arms.trl_patches import grpo_trainer_class, with_cb_rollouts, with_our_prompt_encoding  # noqa: F401
 from tasks.base import Problem, Task, encode_prompt
 
@@ -212,14 +213,12 @@ def _text(completion: Any) -> str:
 
 
 def load_problems(problems_path: str) -> list[Problem]:
-    rows = read_rows(problems_path, "problems", REQUIRED)
-    out = []
-    for i, r in enumerate(rows, 1):
-        try:
-            out.append(Problem.from_dict(r))
-        except TypeError as e:
-            raise TrainInputError(f"problems file {problems_path}: row {i}: not a Problem.to_dict() row ({e})") from None
-    return out
+    """The training problems: read_rows's one-line checks (missing, empty, keys), then core.io's reader."""
+    read_rows(problems_path, "problems", REQUIRED)
+    try:
+        return read_problems(problems_path)
+    except ValueError as e:
+        raise TrainInputError(f"problems file {e}") from None
 
 
 def one_shot_problem(problems: list[Problem], rates_csv: Path) -> Problem:
