@@ -287,6 +287,8 @@ def reasoning_check(runs: Mapping[str, EvalRun], ks: list[int] | None = None,
             "problems_solved": int((pp["correct"] > 0).sum()), "problems_solved_with_reasoning": int((cot > 0).sum()),
             "pass_at_k": {k: _mean_passk(pp["n"], pp["correct"], k) for k in mks},
             "cot_pass_at_k": {k: _mean_passk(pp["n"], cot, k) for k in mks},
+            # per problem: samples with a correct answer and correct reasoning, of n (the CoT verdicts)
+            "per_problem": dict(zip(pp["problem_id"], cot.astype(int))), "n": dict(zip(pp["problem_id"], pp["n"].astype(int))),
         }
     return out or None
 

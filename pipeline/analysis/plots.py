@@ -73,8 +73,10 @@ def accuracy_histogram(counts: pd.DataFrame, path: str | os.PathLike, title: str
     return savefig_atomic(fig, path)
 
 
-def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str) -> Path:
-    """Overlaid pass@k curves with their 95% CI bands (passk.csv's columns), log2 k axis."""
+def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str,
+                 floor: Mapping[str, Mapping[int, float]] | None = None) -> Path:
+    """Overlaid pass@k curves with their 95% CI bands (passk.csv's columns), log2 k axis; `floor`
+    {task: {k: pass@k}}, a blind guesser's pass@k (pipeline.analysis.sharpening), as dashed black lines."""
     models = list(dict.fromkeys(passk["model"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m in models:
@@ -82,6 +84,10 @@ def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str) -> Pa
         ax.plot(g["k"], g["pass_at_k"], marker="o", ms=3, label=m, color=color_of(m, models))
         if g["ci_low"].notna().all():
             ax.fill_between(g["k"], g["ci_low"], g["ci_high"], alpha=0.2, color=color_of(m, models))
+    for task, curve in (floor or {}).items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], "--", color="black", lw=1,
+                label="blind guesser" + (f" ({task})" if len(floor) > 1 else ""))
     _log2_k_axis(ax, sorted(passk["k"].unique()))
     ax.set_ylabel("pass@k")
     ax.set_ylim(0, 1.02)
@@ -188,4 +194,42 @@ def training_length(tab: pd.DataFrame, path: str | os.PathLike, title: str = "pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    return savefig_atomic(fig, path)
+
+
+def support_transitions(sup: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Stacked bars per arm and level (sup: pipeline.analysis.sharpening.support_transitions rows with an
+    `arm` column): the share of the level's problems preserved, expanded, shrunk and out of support."""
+    kinds = [("preserved", "tab:gray"), ("expanded", "tab:green"), ("shrunk", "tab:red"), ("out_of_support", "white")]
+    arms = list(dict.fromkeys(sup["arm"]))
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.8), squeeze=False, sharey=True, layout="constrained")
+    for ax, arm in zip(axes[0], arms):
+        g = sup[sup["arm"] == arm]
+        bottom = [0.0] * len(g)
+        for kind, colour in kinds:
+            share = (g[kind] / g["problems"].clip(lower=1)).tolist()
+            ax.bar(g["level"].astype(str), share, bottom=bottom, color=colour, edgecolor="black", lw=0.5,
+                   label=kind.replace("_", " "))
+            bottom = [b + v for b, v in zip(bottom, share)]
+        ax.set_title(f"{arm} against the base")
+        ax.set_xlabel("difficulty level")
+    axes[0][0].set_ylabel("share of the level's problems")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return savefig_atomic(fig, path)
+
+
+def kl_gain(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Each arm's pass@1 gain over the base against its KL(arm || base) per token, with 95% intervals."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    names = [r["model"] for r in rows]
+    for r in rows:
+        xerr = [[r["kl_per_token"] - r["ci_low"]], [r["ci_high"] - r["kl_per_token"]]] if not math.isnan(r["ci_low"]) else None
+        yerr = [[r["gain"] - r["gain_low"]], [r["gain_high"] - r["gain"]]] if not math.isnan(r["gain_low"]) else None
+        ax.errorbar([r["kl_per_token"]], [r["gain"]], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
+                    color=color_of(r["model"], names), label=r["model"])
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("KL(arm || base) per token, on the arm's samples (nats)")
+    ax.set_ylabel("pass@1 gain over the base")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return savefig_atomic(fig, path)

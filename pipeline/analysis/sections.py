@@ -11,6 +11,7 @@ import pandas as pd
 from pipeline.analysis.passk import passk_table
 from pipeline.arms import arms, is_arm
 from pipeline.core.io import read_problems
+from pipeline.core.text import md_table as _table
 
 
 def per_benchmark(evals: dict[str, Path], pp: dict[str, pd.DataFrame], ks: list[int], n_boot: int, seed: int):
@@ -55,12 +56,6 @@ def grader_markdown(evals: dict[str, Path], pp: dict[str, pd.DataFrame], k_max: 
     return ["", "## Grader", "", "Strict: only an `<answer>` block or `\\boxed{}` counts. Lenient: else the last number "
             "anywhere in the completion.", ""] + _table(
         ["model", "strict pass@1", f"strict pass@{k_max}", "lenient pass@1", f"lenient pass@{k_max}"], rows)
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
 
 
 def _snippet(text: str | None, limit: int = 160) -> str:

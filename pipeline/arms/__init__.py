@@ -54,6 +54,12 @@ class Arm:
     curves: tuple[str, ...] = ("accuracy", "loss", "learning_rate")
     # verdicts: (name, a, b, k_a, k_b) with k "max" for the study's k_max; a and b are model names
     verdicts: tuple[tuple[str, str, str, object, object], ...] = field(default_factory=tuple)
+    # a control arm (e.g. RL with a random reward): the name of the arm it controls. The report sets that
+    # arm's gains net of its best control, and a control's flat training curve makes no verdict inconclusive
+    control_of: str | None = None
+    # config sections besides its own that its trainer reads (e.g. a control reads the arm it controls):
+    # they count in its training stage's identity
+    reads: tuple[str, ...] = ()
     order: int = 100  # its place among the arms (config sections, tables, plots); then by folder and file name
 
 

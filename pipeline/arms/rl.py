@@ -179,10 +179,14 @@ class TaskReward:
         for name, task in tasks.items():
             self._score[name] = reward_for(task, kind)
 
-    def __call__(self, prompts: list, completions: list, problem: list[str], log_metric=None, **_: Any) -> list[float]:
+    def scores(self, probs: list[Problem], texts: list[str], trainer_state=None) -> list[float]:
+        return [float(self._score[p.task](p, t)) for p, t in zip(probs, texts)]
+
+    def __call__(self, prompts: list, completions: list, problem: list[str], log_metric=None, trainer_state=None,
+                 **_: Any) -> list[float]:
         probs = [Problem.from_dict(json.loads(p)) for p in problem]
         texts = [_text(c) for c in completions]
-        rewards = [float(self._score[p.task](p, t)) for p, t in zip(probs, texts)]
+        rewards = self.scores(probs, texts, trainer_state)
         if log_metric is not None:
             correct = [self.tasks[p.task].verify(p, t) for p, t in zip(probs, texts)]
             log_metric("accuracy", sum(correct) / max(1, len(correct)))
@@ -221,16 +225,21 @@ def load_problems(problems_path: str) -> list[Problem]:
         raise TrainInputError(f"problems file {e}") from None
 
 
+def base_rates(rates_csv: Path, who: str) -> dict[str, float]:
+    """{problem_id: the base's pass rate} from the RL prompt filter's per_problem.csv."""
+    if not rates_csv.is_file():
+        raise TrainInputError(f"{who}: {rates_csv} not found (the RL prompt filter writes the base's pass "
+                              f"rates there; expected rl.pass_rate_filter: true)")
+    with open(rates_csv) as f:
+        return {r["problem_id"]: int(r["correct"]) / int(r["n"]) for r in csv.DictReader(f)}
+
+
 def one_shot_problem(problems: list[Problem], rates_csv: Path) -> Problem:
     """One-shot RLVR's training problem: the one whose base pass rate p has the highest variance
     p(1-p), ties to the first in file order. Wang et al. (2025) rank by the variance of an example's
     training accuracy over a previous RL run's epochs; before any RL run, the base's own pass-rate
     variance (from the RL prompt filter's samples) is the estimate this DAG has."""
-    if not rates_csv.is_file():
-        raise TrainInputError(f"rl.one_shot: {rates_csv} not found (the RL prompt filter writes the base's pass "
-                              f"rates there; expected rl.pass_rate_filter: true)")
-    with open(rates_csv) as f:
-        rate = {r["problem_id"]: int(r["correct"]) / int(r["n"]) for r in csv.DictReader(f)}
+    rate = base_rates(rates_csv, "rl.one_shot")
     return max(problems, key=lambda p: rate.get(p.id, 0.0) * (1 - rate.get(p.id, 0.0)))
 
 
@@ -253,8 +262,9 @@ def rl_args(cfg: RLConfig, out_dir: str, seed: int, checkpoints: str | None = No
 
 
 def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
-                     checkpoints: str | None = None, save_steps: int = 0):
-    """The configured trl.GRPOTrainer, not yet trained."""
+                     checkpoints: str | None = None, save_steps: int = 0, reward: Callable | None = None):
+    """The configured trl.GRPOTrainer, not yet trained. `reward(tasks, problems)` -> a TaskReward replaces
+    the task's own reward (a control arm's)."""
     problems = load_problems(problems_path)  # first: a bad file fails before the heavy imports
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
@@ -279,7 +289,7 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
     data = Dataset.from_list(
         [{"prompt": tasks[p.task].prompt(p, tokenizer), "problem": json.dumps(p.to_dict())} for p in problems]
     )
-    rewards: list = [TaskReward(tasks, cfg.reward)]
+    rewards: list = [reward(tasks, problems) if reward else TaskReward(tasks, cfg.reward)]
     if cfg.soft_punish_cache:  # DAPO's soft overlong punishment, added to the task's reward
         from trl.rewards import get_soft_overlong_punishment
 
@@ -304,11 +314,11 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
 
 
 def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out_dir: str, seed: int,
-             checkpoints: str | None = None, save_steps: int = 0) -> dict:
+             checkpoints: str | None = None, save_steps: int = 0, reward: Callable | None = None) -> dict:
     """GRPO from `base_model` on the training problems; save model + tokenizer to out_dir; return
     the final metrics (train_loss, global_step, train_runtime, ..., last logged reward/accuracy).
     With `checkpoints`, checkpoint every save_steps steps there and resume from the newest one."""
-    trainer = build_rl_trainer(base_model, problems_path, task_specs, cfg, out_dir, seed, checkpoints, save_steps)
+    trainer = build_rl_trainer(base_model, problems_path, task_specs, cfg, out_dir, seed, checkpoints, save_steps, reward)
     log.info("%s: %d problems, base %s -> %s", cfg.algorithm, len(trainer.train_dataset), base_model, out_dir)
     probe = None
     if cfg.curriculum or cfg.one_shot:  # health from a fixed probe set: the log's windows hold different prompts
@@ -320,6 +330,31 @@ def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out
         probe.finish(out_dir)
     last = {k: v for row in trainer.state.log_history for k, v in row.items() if k in ("reward", "accuracy")}
     return finish(trainer, result, out_dir, {"num_problems": len(trainer.train_dataset), **{f"final_{k}": v for k, v in last.items()}})
+
+
+class ControlConfig(Strict):
+    """The config section of a control arm of RL (e.g. pipeline/arms/rl_random.py): the `rl` section's
+    settings, prompts and steps, with another reward; `extra` goes over rl.extra."""
+
+    enabled: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="merged over rl.extra")
+
+
+def train_control(cfg, section: str, reward: Callable, problems: str, out: str, base_model: str, seed: int,
+                  checkpoints: str | None = None) -> dict:
+    """Train a control arm: the rl section as it is (snapshots left out) with `reward(tasks, problems)`."""
+    rl = cfg.rl.model_copy(update={"extra": {**cfg.rl.extra, **cfg.get(section).extra}, "snapshots": 0})
+    return train_rl(base_model, problems, cfg.tasks, rl, out, seed, checkpoints, cfg.compute.checkpoint_steps, reward)
+
+
+def base_pass_rate(problems_path: str, problems: list[Problem]) -> float:
+    """The base's mean pass rate on these training problems, from the RL prompt filter's samples."""
+    rates_csv = Path(problems_path).parent / "base-train" / "per_problem.csv"
+    rate = base_rates(rates_csv, "a random-reward control")
+    missing = [p.id for p in problems if p.id not in rate]
+    if missing:
+        raise TrainInputError(f"{rates_csv}: no pass rate for training problem {missing[0]!r}")
+    return sum(rate[p.id] for p in problems) / len(problems)
 
 
 def _run(cfg, problems: str, out: str, base_model: str, seed: int, checkpoints: str | None = None) -> dict:

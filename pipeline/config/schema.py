@@ -88,6 +88,19 @@ class EvalConfig(Strict):
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     perplexity_subset: int = Field(200, ge=0)  # (problem, sample) pairs scored by the Perplexity stage; 0 = skip
     entropy_temperature: float = Field(0.6, gt=0)  # temperature of the sampling distribution whose entropy is reported
+    # a sharpening baseline at no training cost: the base sampled at each of these temperatures too, an
+    # extra model row "base-T<t>" on the same problems (the report sets the arms' pass@1 against the best)
+    sharpened_temperatures: list[float] = Field(default_factory=list)
+
+    @field_validator("sharpened_temperatures")
+    @classmethod
+    def positive_distinct(cls, v):
+        for t in v:
+            if t <= 0:
+                raise ValueError(f"{t} is not a sampling temperature (expected each > 0)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} lists a temperature twice (expected distinct temperatures)")
+        return v
 
     @field_validator("bootstrap")
     @classmethod
@@ -102,6 +115,10 @@ class EvalConfig(Strict):
             if k < 1 or k > self.n:
                 raise ValueError(f"k={k} is outside 1..n={self.n} (every k must satisfy 1 <= k <= eval.n)")
         return self
+
+    def sharpened_models(self) -> dict[str, float]:
+        """{model name: temperature} of the base's sharpened rows (sharpened_temperatures)."""
+        return {f"base-T{t:g}": t for t in self.sharpened_temperatures}
 
     def k_list(self) -> list[int]:
         """The ks to report: as configured, else 1, 2, 4, ... up to n (n itself included)."""

@@ -323,6 +323,8 @@ EVAL_SAMPLING = tuple(f"eval.{f}" for f in ("n", "ks", "temperature", "top_p", "
 class Evaluate(Stage):
     model = luigi.Parameter(description="which model to evaluate: base, teacher or an arm (sft, rl, distill, ...)")
     step = luigi.IntParameter(default=0, description="an arm's snapshot at this training step (0: the final model)")
+    temperature = luigi.FloatParameter(default=0.0, description="the base at this sampling temperature instead of "
+                                       "eval.temperature (eval.sharpened_temperatures; 0: eval.temperature)")
     stage, sections = "eval", EVAL_SAMPLING + ("seed",)
     resources = property(lambda self: _gpu(self.cfg))
     node = property(lambda self: self.name)  # luigid's graph: Evaluate-base, Evaluate-rl, Evaluate-rl@50
@@ -331,6 +333,8 @@ class Evaluate(Stage):
         up = {"problems": Problems(self.config, self.overrides)}
         if is_arm(self.model):
             up["model"] = Train(self.config, self.overrides, arm=self.model)
+        elif self.temperature and self.model != "base":
+            raise SystemExit(f"error: Evaluate: a sampling temperature of its own is for the base (got model {self.model!r})")
         elif self.model not in ("base", "teacher"):
             raise SystemExit(f"error: Evaluate: model {self.model!r} is not base, teacher or an arm {sorted(arms())}")
         return up
@@ -339,7 +343,7 @@ class Evaluate(Stage):
     def key(self) -> str:
         ref = {"base": "base_model", "teacher": "teacher_model"}.get(self.model)
         sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.core.identity)
-        name = self.model if not self.step else [self.model, self.step]
+        name = [self.model, self.step] if self.step else [self.model, "T", self.temperature] if self.temperature else self.model
         return self.cfg.section_hash(*sections, extra=[name, {k: t.key for k, t in self.upstream().items()}])
 
     @property
@@ -348,12 +352,14 @@ class Evaluate(Stage):
 
     @property
     def name(self) -> str:
-        """The model's name in tables: `rl`, or `rl@50` for its snapshot at step 50."""
+        """The model's name in tables: `rl`, `rl@50` for its snapshot at step 50, `base-T0.3` sharpened."""
+        if self.temperature:
+            return f"{self.model}-T{self.temperature:g}"
         return f"{self.model}@{self.step}" if self.step else self.model
 
     @property
     def run_name(self) -> str:
-        return f"eval-{self.model}" + (f"-step{self.step}" if self.step else "")
+        return f"eval-{self.model}" + (f"-step{self.step}" if self.step else "") + (f"-T{self.temperature:g}" if self.temperature else "")
 
     @property
     def out_dir(self) -> Path:
@@ -375,6 +381,7 @@ class Evaluate(Stage):
         self.subprocess("pipeline.stages.evaluate", ["--config", str(tmp / "config.yaml"), "--model", self.model_path(),
                         "--name", self.name, "--problems", self.input()["problems"].path + "/test.jsonl",
                         "--seed", str(self.cfg.seed), "--out", str(tmp / "eval"), *self.eval_args(),
+                        *(["--temperature", str(self.temperature)] if self.temperature else []),
                         *[a for d in sorted(self.cfg.run_dir.glob(f"{self.run_name}-*"))  # other n: samples to reuse
                           if d.is_dir() and is_complete(d) for a in ("--reuse", str(d))]], run_id,
                         devices=self.cfg.compute.eval_devices)
@@ -384,7 +391,8 @@ class Evaluate(Stage):
         passk = pd.read_csv(tmp / "passk.csv")
         metrics = [("pass_at_k", r.pass_at_k, r.k) for r in passk.itertuples()]
         metrics += [(f"pass_at_{r.k}", r.pass_at_k, 0) for r in passk.itertuples()]
-        tracking.log(self.cfg, run_id, params=tracking.flat_params(ev.model_dump(mode="json"), "eval."),
+        tracking.log(self.cfg, run_id, params=tracking.flat_params({**ev.model_dump(mode="json"), **(
+                         {"temperature": self.temperature} if self.temperature else {})}, "eval."),
                      metrics=metrics, artifacts=[tmp / "passk.csv", tmp / "per_problem.csv", tmp / "summary.json"])
         return {"model": self.name, "model_path": self.model_path()}
 

@@ -16,17 +16,20 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.analysis import plots
-from pipeline.analysis.analyses import analyze
+from pipeline.analysis import sharpening
+from pipeline.analysis.analyses import analyze, load_evals
 from pipeline.arms import arms, enabled_arms, get_arm, is_arm
 from pipeline.arms.common import LOG_HISTORY_FILE, snapshot_steps
 from pipeline.config import ExperimentConfig
 from pipeline.analysis.health import PROBE_FILE, check_arm, check_probe, describe, plot_arm, read_history
 from pipeline.core import tracking
-from pipeline.core.io import is_complete
+from pipeline.core.io import is_complete, read_jsonl, read_problems
+from pipeline.core.text import md_table as _table
 from pipeline.analysis.passk import paired_difference, passk_table
-from pipeline.analysis.sections import _table, analysis_markdown, grader_markdown, per_benchmark, perplexity_markdown
+from pipeline.analysis.sections import analysis_markdown, grader_markdown, per_benchmark, perplexity_markdown
 from pipeline.stages.base import Stage, stage_info
 from pipeline.stages.evaluate import Evaluate
+from pipeline.stages.problems import Problems
 from pipeline.stages.perplexity import Perplexity, report_models
 from tasks import build_tasks, spec_label
 
@@ -35,18 +38,30 @@ def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.Data
     """pass@k_a(a) − pass@k_b(b) with its CI, in words. A comparison with an arm whose training did
     not learn is inconclusive, and one without resamples (eval.bootstrap: 0) states no verdict."""
     d, lo, hi, m, mdd = paired_difference(pp[a], pp[b], k_a, k_b, n_boot=n_boot, seed=seed)
-    sick = [x for x in (a, b) if x in (health or {}) and not health[x]["learned"]]
-    if sick:
-        words = "inconclusive: " + "; ".join(f"the {x} run did not learn ({describe(x, health[x])})" for x in sick)
-    elif math.isnan(lo):
-        words = "no verdict: eval.bootstrap is 0, so there is no confidence interval"
-    elif lo <= 0 <= hi:
-        words = f"not distinguishable (the 95% CI includes zero; could have detected |d| >= {mdd:.3f})"
-    else:
-        words = f"{a} {'higher' if d > 0 else 'lower'} than {b}"
+    words = verdict_words(a, b, d, lo, hi, mdd, health)
     label = f"{a} pass@{k_a} − {b} pass@{k_b}"
     return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, mdd=mdd, verdict=words,
-                conclusive=not sick and not math.isnan(lo))
+                conclusive=not words.startswith(("inconclusive", "no verdict")))
+
+
+def sick_arms(models, health: dict[str, dict] | None) -> list[str]:
+    """The models among `models` whose training did not learn; a control arm (Arm.control_of) is never
+    one: its reward is not meant to teach the task, so a flat accuracy curve is what it should show."""
+    return [x for x in models if x in (health or {}) and not health[x]["learned"]
+            and not (is_arm(x) and get_arm(x).control_of)]
+
+
+def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | None, health: dict[str, dict] | None) -> str:
+    """A paired difference a − b in words: inconclusive when an arm did not learn, no verdict without an
+    interval, else whether the 95% CI excludes zero (and the MDD, when given, when it does not)."""
+    sick = sick_arms((a, b), health)
+    if sick:
+        return "inconclusive: " + "; ".join(f"the {x} run did not learn ({describe(x, health[x])})" for x in sick)
+    if math.isnan(lo):
+        return "no verdict: eval.bootstrap is 0, so there is no confidence interval"
+    if lo <= 0 <= hi:
+        return "not distinguishable (the 95% CI includes zero" + ("" if mdd is None else f"; could have detected |d| >= {mdd:.3f}") + ")"
+    return f"{a} {'higher' if d > 0 else 'lower'} than {b}"
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -54,19 +69,25 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None,
-                 train_logs: dict[str, Path] | None = None, snapshots: dict[str, Path] | None = None) -> dict:
+                 train_logs: dict[str, Path] | None = None, snapshots: dict[str, Path] | None = None,
+                 train_problems: Path | None = None) -> dict:
     """Build report files in `out` from the evaluation directories {model: dir}, the Perplexity
-    stage's directory (when there is one), the trained arms' log histories {arm: log_history.json}
-    and the evaluations of the arms' training snapshots {"rl@50": dir}."""
+    stage's directory (when there is one), the trained arms' log histories {arm: log_history.json},
+    the evaluations of the arms' training snapshots {"rl@50": dir} and the problems stage's directory
+    (its train.jsonl: the guessing floor's answers)."""
     pp = {m: pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str}) for m, d in evals.items()}
     passk = pd.concat([pd.read_csv(d / "passk.csv") for d in evals.values()], ignore_index=True)
     pd.concat(pp.values(), ignore_index=True).to_csv(out / "per_problem.csv", index=False)
     passk.to_csv(out / "passk.csv", index=False)
-    plots.passk_curves(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems")
 
     k_max = int(passk["k"].max())
     nb, seed = cfg.eval.bootstrap, cfg.seed
     health = training_health(train_logs or {}, out, cfg.seed, cfg.health.min_gain)
+    runs = load_evals(evals)
+    analysis = analyze(runs, out, tasks=build_tasks(cfg.tasks))
+    sharp = sharpening_section(cfg, pp, runs, k_max, passk["k"].unique(), train_problems, ppl_dir, analysis, health, out)
+    plots.passk_curves(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems",
+                       floor=sharp["floor"])
     verdicts = []  # each arm's own comparisons (pipeline.arms), when both of its models are in the study
     for arm in arms().values():
         for name, a, b, k_a, k_b in arm.verdicts:
@@ -74,7 +95,6 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
                 verdicts.append(verdict(name, a, b, k_max if k_a == "max" else k_a, k_max if k_b == "max" else k_b,
                                         pp, nb, seed, health))
 
-    analysis = analyze(evals, out, tasks=build_tasks(cfg.tasks))
     extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
     extra_md = analysis_markdown(analysis)
     if ppl_dir is not None:
@@ -99,6 +119,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
              f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}; {ci_words}.", ""]
     if cfg.teacher_model is None:
         lines += ["No SFT arm and no teacher: `teacher_model` is not set, so there are no traces to distill.", ""]
+    lines += sharp["warning"] + ([""] if sharp["warning"] else [])
     lines += health_markdown(health)
     lines += ["## Verdicts", ""]
     for v in verdicts:
@@ -121,6 +142,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
         lines += tl_md
         extra_metrics += [(f"training_length/{r.arm}_pass_at_{r.k}", r.pass_at_k, int(r.step)) for r in tl.itertuples()]
     lines += grader_markdown(evals, pp, k_max)
+    lines += ["", *sharp["markdown"]]
     lines += ["", extra_md] if extra_md else []
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
@@ -135,8 +157,27 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     metrics += [(f"summary/verdict_{v['name']}", v["diff"], 0) for v in verdicts]
     metrics += [(f"summary/verdict_{v['name']}_mdd", v["mdd"], 0) for v in verdicts if not math.isnan(v["mdd"])]
     metrics += [(f"summary/{arm}_learned", float(h["learned"]), 0) for arm, h in health.items()]
+    metrics += sharp["metrics"]
     # the parent run gets only the curves and headline numbers, so its chart view opens on them
     return dict(verdicts=verdicts, health=health, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
+
+
+def sharpening_section(cfg: ExperimentConfig, pp, runs, k_max: int, pp_ks, train_problems: Path | None, ppl_dir: Path | None,
+                       analysis: dict, health: dict, out: Path) -> dict:
+    """The report's "Sharpening or new capability?" section (pipeline.analysis.sharpening) for this study."""
+    train_answers: dict[str, list[str]] = {}
+    for p in read_problems(train_problems / "train.jsonl") if train_problems else []:
+        train_answers.setdefault(p.task, []).append(p.answer)
+    ppl_file = ppl_dir / "perplexity_samples.jsonl" if ppl_dir else None
+    tasks = build_tasks(cfg.tasks)
+    return sharpening.section(
+        pp, runs, arms=[m for m in pp if is_arm(m)], sharpened=list(cfg.eval.sharpened_models()),
+        controls={a: [c for c, spec in arms().items() if spec.control_of == a] for a in arms()},
+        k_max=k_max, ks=sorted(int(k) for k in pp_ks), train_answers=train_answers, reasoning=analysis.get("reasoning"),
+        canonical=lambda p, c: sharpening.canonical_chain(tasks.get(p.task), p, c),
+        ppl_records=read_jsonl(ppl_file) if ppl_file and ppl_file.is_file() else None,
+        n_boot=cfg.eval.bootstrap, seed=cfg.seed, out=out,
+        judge=lambda models, lo, hi, d: verdict_words(models[0], models[1], d, lo, hi, None, health))
 
 
 def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain: float) -> dict[str, dict]:
@@ -192,7 +233,7 @@ def health_markdown(health: dict[str, dict]) -> list[str]:
              "the difference. An arm learned when the lower bound is above zero and the gain is at least "
              "`health.min_gain`; too few points are not judged.", ""]
     for arm, h in health.items():
-        if not h["learned"]:
+        if sick_arms([arm], health):
             state = "did not learn" if h.get("judged", True) else "was not judged"
             lines.append(f"> **Warning: the {arm} run {state}** ({describe(arm, h)}). Every verdict that "
                          f"involves {arm} is inconclusive until this is fixed.")
@@ -200,7 +241,8 @@ def health_markdown(health: dict[str, dict]) -> list[str]:
     lines += _table(["arm", "metric", "first window", "last window", "difference [one-sided 95% bounds]", "learned"],
                     [[arm, h.get("metric") or "n/a", h.get("first", float("nan")), h.get("last", float("nan")),
                       f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]" if "diff" in h else h.get("reason"),
-                      "yes" if h["learned"] else "**no**" if h.get("judged", True) else "not judged"]
+                      ("yes" if h["learned"] else "**no**" if h.get("judged", True) else "not judged")
+                      + (f" (control of {get_arm(arm).control_of}: not required to learn)" if get_arm(arm).control_of else "")]
                      for arm, h in health.items()])
     lines.append("")
     lines += [f"![{arm} training curves]({h['plot']})" for arm, h in health.items() if h.get("plot")]
@@ -212,7 +254,7 @@ def snapshot_evals(cfg: ExperimentConfig, config: str, overrides) -> dict[str, "
     out = {}
     for arm in enabled_arms(cfg):
         section = cfg.get(arm)
-        for step in snapshot_steps(section.max_steps, getattr(section, "snapshots", 0)):
+        for step in snapshot_steps(section.max_steps, section.snapshots) if getattr(section, "snapshots", 0) else []:
             out[f"{arm}@{step}"] = Evaluate(config, overrides, model=arm, step=step)
     return out
 
@@ -223,6 +265,9 @@ class Report(Stage):
     def upstream(self):
         up = {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
         up.update(snapshot_evals(self.cfg, self.config, self.overrides))
+        up.update({m: Evaluate(self.config, self.overrides, model="base", temperature=t)
+                   for m, t in self.cfg.eval.sharpened_models().items()})
+        up["problems"] = Problems(self.config, self.overrides)
         if self.cfg.eval.perplexity_subset:
             up["perplexity"] = Perplexity(self.config, self.overrides)
         return up
@@ -239,9 +284,10 @@ class Report(Stage):
         evals = {m: Path(self.input()[m].path) for m in models}
         snapshots = {m: Path(t.path) for m, t in self.input().items() if "@" in m}
         ppl = Path(self.input()["perplexity"].path) if "perplexity" in self.input() else None
+        evals.update({m: Path(self.input()[m].path) for m in self.cfg.eval.sharpened_models()})
         trained = {m: Path(stage_info(d)["model_path"]) for m, d in evals.items() if is_arm(m)}
         logs = {m: p / LOG_HISTORY_FILE for m, p in trained.items()}
-        result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots)
+        result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots, Path(self.input()["problems"].path))
         (tmp / "models.json").write_text(json.dumps({m: {
             "eval_dir": str(d), "model_path": stage_info(d).get("model_path"),
             "train_metrics": json.loads((trained[m] / "train_metrics.json").read_text()) if m in trained else {}}

@@ -36,6 +36,7 @@ from pipeline.analysis.passk import per_problem_passk, resample_weights
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.config.sweep import Sweep
 from pipeline.core import tracking
+from pipeline.core.text import md_table as _md_table
 from pipeline.core.io import atomic_dir, is_complete, sigterm_raises, stage_lock
 from pipeline.stages.base import _thaw, stage_info
 from pipeline.stages.report import Report
@@ -140,10 +141,6 @@ def member_rows(sweep: Sweep, reports: dict[str, Path]) -> pd.DataFrame:
 def group_axes(sweep: Sweep) -> list[str]:
     axes = list(sweep.members[0].values) if sweep.members else []
     return [f"sweep.{a}" for a in axes if a not in SEED_AXES]
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def algorithms_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, arm: str,

@@ -34,7 +34,8 @@ class Train(Stage):
 
     @property
     def sections(self):
-        return ("base_model", self.arm, "seed", "compute.num_processes") + (("teacher_model",) if self.spec.reads_teacher else ())
+        return (("base_model", self.arm, *self.spec.reads, "seed", "compute.num_processes")
+                + (("teacher_model",) if self.spec.reads_teacher else ()))
 
     @property
     def reads_models(self):
