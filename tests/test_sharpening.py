@@ -52,12 +52,13 @@ def test_guesser_passk_is_exact():
 def test_support_transitions_per_level():
     base, arm = pp([1, 0, 2, 0]), pp([3, 1, 0, 0])
     levels = {"p0": "1", "p1": "1", "p2": "2", "p3": "2"}
-    t = sh.support_transitions(base, arm, levels, n_boot=200).set_index("level")
+    t = sh.support_transitions(base, arm, levels).set_index("level")
     assert t.loc["all", list(sh.SUPPORT)].tolist() == [1, 1, 1, 1] and t.loc["all", "problems"] == 4
     assert t.loc["1", list(sh.SUPPORT)].tolist() == [1, 1, 0, 0]
     assert t.loc["2", list(sh.SUPPORT)].tolist() == [0, 0, 1, 1]
     assert t.loc["all", "expanded_low"] <= 1 <= t.loc["all", "expanded_high"]
-    assert t.loc["1", "shrunk_high"] == 0  # no resample of level 1 holds a shrunk problem
+    # exact intervals: 0 of 2 shrunk on level 1 is [0, 0.842 x 2], never a zero-width [0, 0]
+    assert t.loc["1", "shrunk_low"] == 0 and t.loc["1", "shrunk_high"] == pytest.approx(2 * 0.8419, abs=1e-3)
 
 
 def test_distinct_correct_solutions():

@@ -81,15 +81,15 @@ def passk_table(per_problem: pd.DataFrame, ks: list[int], n_boot: int = 1000, se
     return pd.DataFrame(rows, columns=PASSK_COLUMNS)
 
 
-def paired_ci(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and 95% t-interval of paired differences d (last axis = problems; any leading axes,
-    e.g. simulated pairs). NaN bounds with fewer than two problems."""
+def paired_ci(d: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and t-interval (95% unless `level`) of paired differences d (last axis = problems; any
+    leading axes, e.g. simulated pairs). NaN bounds with fewer than two problems."""
     d = np.asarray(d, dtype=float)
     n = d.shape[-1]
     m = d.mean(axis=-1)
     if n < 2:
         return m, np.full_like(m, np.nan), np.full_like(m, np.nan)
-    h = stats.t.ppf(0.975, n - 1) * d.std(axis=-1, ddof=1) / math.sqrt(n)
+    h = stats.t.ppf(0.5 + level / 2, n - 1) * d.std(axis=-1, ddof=1) / math.sqrt(n)
     return m, m - h, m + h
 
 
@@ -119,7 +119,8 @@ def predicted_mdd(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_proble
     return mdd(paired_values(a, b, k_a, k_b), n_problems)
 
 
-def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_boot: int = 1000, seed: int = 0):
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95):
     """pass@k_a(a) - pass@k_b(b) on the problems both saw, with its paired 95% t-interval (see the
     module docstring; n_boot = 0 means no interval is asked for, as eval.bootstrap: 0; seed unused).
 
@@ -127,5 +128,5 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_bo
     d = paired_values(a, b, k_a, k_b)
     if n_boot <= 0 or len(d) < 2:  # no interval to state
         return float(d.mean()), math.nan, math.nan, len(d), mdd(d)
-    m, lo, hi = paired_ci(d)
+    m, lo, hi = paired_ci(d, level)
     return float(m), float(lo), float(hi), len(d), mdd(d)

@@ -91,6 +91,10 @@ class EvalConfig(Strict):
     # a sharpening baseline at no training cost: the base sampled at each of these temperatures too, an
     # extra model row "base-T<t>" on the same problems (the report sets the arms' pass@1 against the best)
     sharpened_temperatures: list[float] = Field(default_factory=list)
+    # an adaptive sample budget (pipeline/stages/adaptive.py): more samples only for the problems that decide
+    # the pass@k_max verdicts, until each verdict's 95% CI is at most this wide or max_n (default 8 n) is reached
+    target_ci_width: float | None = Field(None, gt=0, lt=2)
+    max_n: int | None = Field(None, ge=1)
 
     @field_validator("sharpened_temperatures")
     @classmethod
@@ -114,6 +118,12 @@ class EvalConfig(Strict):
         for k in self.ks or []:
             if k < 1 or k > self.n:
                 raise ValueError(f"k={k} is outside 1..n={self.n} (every k must satisfy 1 <= k <= eval.n)")
+        return self
+
+    @model_validator(mode="after")
+    def max_n_above_n(self):
+        if self.max_n is not None and self.max_n < self.n:
+            raise ValueError(f"max_n={self.max_n} is below n={self.n} (expected max_n >= n: the adaptive budget only adds samples)")
         return self
 
     def sharpened_models(self) -> dict[str, float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.analysis import plots
-from pipeline.analysis import sharpening
+from pipeline.analysis import budget, sharpening
 from pipeline.analysis.analyses import analyze, load_evals
 from pipeline.arms import arms, enabled_arms, get_arm, is_arm
 from pipeline.arms.common import LOG_HISTORY_FILE, snapshot_steps
@@ -28,6 +28,7 @@ from pipeline.core.text import md_table as _table
 from pipeline.analysis.passk import paired_difference, passk_table
 from pipeline.analysis.sections import analysis_markdown, grader_markdown, per_benchmark, perplexity_markdown
 from pipeline.stages.base import Stage, stage_info
+from pipeline.stages.adaptive import FILE as ADAPTIVE_FILE, Adaptive
 from pipeline.stages.evaluate import Evaluate
 from pipeline.stages.problems import Problems
 from pipeline.stages.perplexity import Perplexity, report_models
@@ -51,7 +52,8 @@ def sick_arms(models, health: dict[str, dict] | None) -> list[str]:
             and not (is_arm(x) and get_arm(x).control_of)]
 
 
-def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | None, health: dict[str, dict] | None) -> str:
+def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | None, health: dict[str, dict] | None,
+                  level: float = 0.95) -> str:
     """A paired difference a − b in words: inconclusive when an arm did not learn, no verdict without an
     interval, else whether the 95% CI excludes zero (and the MDD, when given, when it does not)."""
     sick = sick_arms((a, b), health)
@@ -60,7 +62,7 @@ def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | N
     if math.isnan(lo):
         return "no verdict: eval.bootstrap is 0, so there is no confidence interval"
     if lo <= 0 <= hi:
-        return "not distinguishable (the 95% CI includes zero" + ("" if mdd is None else f"; could have detected |d| >= {mdd:.3f}") + ")"
+        return f"not distinguishable (the {level:.0%} CI includes zero" + ("" if mdd is None else f"; could have detected |d| >= {mdd:.3f}") + ")"
     return f"{a} {'higher' if d > 0 else 'lower'} than {b}"
 
 
@@ -70,7 +72,7 @@ def _ci(lo: float, hi: float) -> str:
 
 def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_dir: Path | None = None,
                  train_logs: dict[str, Path] | None = None, snapshots: dict[str, Path] | None = None,
-                 train_problems: Path | None = None) -> dict:
+                 train_problems: Path | None = None, adaptive: Path | None = None) -> dict:
     """Build report files in `out` from the evaluation directories {model: dir}, the Perplexity
     stage's directory (when there is one), the trained arms' log histories {arm: log_history.json},
     the evaluations of the arms' training snapshots {"rl@50": dir} and the problems stage's directory
@@ -143,6 +145,12 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
         extra_metrics += [(f"training_length/{r.arm}_pass_at_{r.k}", r.pass_at_k, int(r.step)) for r in tl.itertuples()]
     lines += grader_markdown(evals, pp, k_max)
     lines += ["", *sharp["markdown"]]
+    if adaptive is not None:
+        ad_md, ad_metrics = adaptive_markdown(adaptive, k_max, health, nb, seed)
+        lines += ["", *ad_md]
+        metrics_extra = ad_metrics
+    else:
+        metrics_extra = []
     lines += ["", extra_md] if extra_md else []
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
@@ -157,9 +165,39 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     metrics += [(f"summary/verdict_{v['name']}", v["diff"], 0) for v in verdicts]
     metrics += [(f"summary/verdict_{v['name']}_mdd", v["mdd"], 0) for v in verdicts if not math.isnan(v["mdd"])]
     metrics += [(f"summary/{arm}_learned", float(h["learned"]), 0) for arm, h in health.items()]
-    metrics += sharp["metrics"]
+    metrics += sharp["metrics"] + metrics_extra
     # the parent run gets only the curves and headline numbers, so its chart view opens on them
     return dict(verdicts=verdicts, health=health, parent_metrics=metrics, analysis_metrics=list(extra_metrics))
+
+
+def adaptive_markdown(d: Path, k_max: int, health: dict, nb: int, seed: int) -> tuple[list[str], list]:
+    """The adaptive budget's section: each pass@k_max verdict on the adaptive counts, its width before and
+    after, and the samples drawn against the uniform n predicted to reach the same width."""
+    b = json.loads((d / "budget.json").read_text())
+    pp = pd.read_csv(d / ADAPTIVE_FILE, dtype={"problem_id": str})
+    pp = {m: g.reset_index(drop=True) for m, g in pp.groupby("model", sort=False)}
+    first, last = b["rounds"][0]["widths"], b["rounds"][-1]["widths"]
+    rows = []
+    for name, w in last.items():
+        a, m = name.split("-", 1)
+        dd, lo, hi, n, mdd = paired_difference(pp[a], pp[m], b["k"], b["k"], n_boot=nb, seed=seed, level=budget.LEVEL)
+        rows.append([f"{a} pass@{b['k']} − {m} pass@{b['k']}", f"{first[name]:.3f}", f"{w:.3f}",
+                     f"{dd:+.3f}{_ci(lo, hi)}", verdict_words(a, m, dd, lo, hi, mdd, health, budget.LEVEL)])
+    u = b["uniform_samples_same_width"]
+    saved = (f"a uniform n of {b['uniform_n_same_width']} per problem is predicted to need {u:,} samples for the same "
+             f"width: {u - b['samples']:+,} saved" if u else f"no uniform n up to {64 * b['max_n']} is predicted to reach it")
+    md = ["## Adaptive sample budget", "",
+          f"Target: every pass@{b['k']} verdict's 95% CI at most {b['target_ci_width']} wide; {len(b['rounds']) - 1} "
+          f"rounds doubled n (up to {b['max_n']}) for the problems with the noisiest estimates. "
+          f"{'Reached' if b['reached'] else 'Not reached (max_n)'} with {b['samples']:,} samples "
+          f"({b['rounds'][0]['samples']:,} uniform at n={b['uniform_n']}); {saved}.", ""]
+    md += _table(["comparison", "95% CI width at uniform n", "95% CI width, adaptive",
+                  f"difference [{budget.LEVEL:.0%} CI], adaptive", "verdict"], rows)
+    md += ["", f"The verdicts on adaptive counts use {budget.LEVEL:.0%} intervals: stopping once an interval is narrow "
+           "called two evaluations of one model different up to 5.4% of the time at 95%, 2.4% at 97% (simulated)."]
+    metrics = [("summary/adaptive_samples", float(b["samples"]), 0)] + [
+        (f"summary/adaptive_width_{k}", float(v), 0) for k, v in last.items()]
+    return md, metrics
 
 
 def sharpening_section(cfg: ExperimentConfig, pp, runs, k_max: int, pp_ks, train_problems: Path | None, ppl_dir: Path | None,
@@ -268,6 +306,8 @@ class Report(Stage):
         up.update({m: Evaluate(self.config, self.overrides, model="base", temperature=t)
                    for m, t in self.cfg.eval.sharpened_models().items()})
         up["problems"] = Problems(self.config, self.overrides)
+        if self.cfg.eval.target_ci_width:
+            up["adaptive"] = Adaptive(self.config, self.overrides)
         if self.cfg.eval.perplexity_subset:
             up["perplexity"] = Perplexity(self.config, self.overrides)
         return up
@@ -287,7 +327,8 @@ class Report(Stage):
         evals.update({m: Path(self.input()[m].path) for m in self.cfg.eval.sharpened_models()})
         trained = {m: Path(stage_info(d)["model_path"]) for m, d in evals.items() if is_arm(m)}
         logs = {m: p / LOG_HISTORY_FILE for m, p in trained.items()}
-        result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots, Path(self.input()["problems"].path))
+        adaptive = Path(self.input()["adaptive"].path) if "adaptive" in self.input() else None
+        result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots, Path(self.input()["problems"].path), adaptive)
         (tmp / "models.json").write_text(json.dumps({m: {
             "eval_dir": str(d), "model_path": stage_info(d).get("model_path"),
             "train_metrics": json.loads((trained[m] / "train_metrics.json").read_text()) if m in trained else {}}
@@ -301,7 +342,8 @@ class Report(Stage):
                              artifacts=[tmp / h["plot"]] if h.get("plot") else [])
         parent = tracking.parent_run(self.cfg)
         tracking.log(self.cfg, parent, metrics=result["parent_metrics"], artifacts=[tmp], artifact_path="report")
-        tracking.log(self.cfg, run_id, metrics=result["parent_metrics"] + result["analysis_metrics"],
+        # the analyses under report/: a section after pass_at_k in the chart view, which opens on the curves
+        tracking.log(self.cfg, run_id, metrics=result["parent_metrics"] + [(f"report/{k}", v, s) for k, v, s in result["analysis_metrics"]],
                      artifacts=[tmp], artifact_path="report",
                      tags={f"{m}_eval_run_id": stage_info(p).get("run_id") for m, p in evals.items()})
         tracking.end_stage(self.cfg, parent)

@@ -1,0 +1,131 @@
+"""An adaptive sample budget for the pass@k_max verdicts (eval.target_ci_width, eval.max_n).
+
+A verdict's 95% t-interval has width 2·t·sd(d)/√N over the per-problem paired differences d_i. Part of
+sd(d) is each problem's own estimation noise: with n samples, the pass@k estimate of a problem whose pass
+rate is p has the exact variance `estimator_variance(n, p, k)`, large when p is small and k close to n
+(a problem solved once in 64 reads pass@64 = 1 or 0 by luck). More samples shrink that part only, so
+they are worth drawing only for the problems that carry it. Each round doubles n (up to max_n) for the
+share of problems with the largest estimated noise, for every model of the comparison alike, until every
+verdict's interval is at most the target width or no problem can grow.
+
+The rule is symmetric in the two models and gives both the same n per problem, so under the null (two
+evaluations of one model) the paired difference stays centred on zero: tests/test_calibration.py
+measures how often such pairs are called different, and the verdicts on adaptive counts are stated at
+LEVEL (97%) to keep that at or under 5%. `uniform_n` predicts the n that every problem would
+need for the same width, from the same variance decomposition, for the samples-saved figure.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pipeline.analysis.passk import paired_ci, per_problem_passk
+
+# the level of the verdicts stated on the adaptive counts: stopping when the interval is narrow favours
+# samples whose differences happen to agree, so at 95% two evaluations of one model were called different
+# 4.3-5.4% of the time (three batches of 300-1,500 simulated pairs, tests/test_calibration.py), at 96%
+# 3.3-5.3%, at 97% 2.3-2.4%: the 97% interval keeps the rate under 5% with room for the batches' spread
+LEVEL = 0.97
+
+
+@lru_cache(maxsize=4096)
+def _table(n: int, k: int) -> np.ndarray:
+    return per_problem_passk(np.full(n + 1, n), np.arange(n + 1), [k])[:, 0]
+
+
+def estimator_variance(n: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """Exact variance of the unbiased pass@k estimate from n samples at pass rate p (elementwise)."""
+    n, p = np.broadcast_arrays(np.asarray(n, dtype=int), np.asarray(p, dtype=float))
+    out = np.empty(n.shape, dtype=float)
+    for nv in np.unique(n):
+        at = n == nv
+        est = _table(int(nv), k)
+        pmf = stats.binom.pmf(np.arange(nv + 1)[None, :], nv, p[at][:, None])  # [problems, c]
+        mean = pmf @ est
+        out[at] = pmf @ est ** 2 - mean ** 2
+    return np.maximum(out, 0.0)
+
+
+def plug_in_rate(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(c + 0.5) / (n + 1): never 0 or 1, so a problem never solved still counts as uncertain."""
+    return (np.asarray(c) + 0.5) / (np.asarray(n) + 1.0)
+
+
+def width(d: np.ndarray) -> float:
+    """The width of the 95% t-interval, the one the target is stated for."""
+    _, lo, hi = paired_ci(np.asarray(d, dtype=float))
+    return float(hi - lo)
+
+
+def differences(counts: Mapping[str, pd.DataFrame], a: str, b: str, k: int) -> np.ndarray:
+    """Per-problem pass@k(a) − pass@k(b), problems in counts' (shared) order."""
+    va = per_problem_passk(counts[a]["n"].to_numpy(), counts[a]["correct"].to_numpy(), [k])[:, 0]
+    vb = per_problem_passk(counts[b]["n"].to_numpy(), counts[b]["correct"].to_numpy(), [k])[:, 0]
+    return va - vb
+
+
+def noise(counts: Mapping[str, pd.DataFrame], models: list[str], k: int) -> np.ndarray:
+    """Per problem: the summed estimated estimator variance of the models' pass@k."""
+    return sum(estimator_variance(counts[m]["n"].to_numpy(), plug_in_rate(counts[m]["n"], counts[m]["correct"]), k)
+               for m in models)
+
+
+def run(counts: dict[str, pd.DataFrame], pairs: list[tuple[str, str]], k: int, target: float, max_n: int,
+        draw: Callable[[str, list[str], int, int], list[int]], share: float = 0.1) -> dict:
+    """The adaptive rounds. counts {model: problem_id, n, correct} on one shared, identically ordered
+    problem list with n >= k; pairs, the verdicts' (a, b); draw(model, problem_ids, first, extra) -> the
+    correct counts among samples first..first+extra-1 of each problem. Returns the rounds (widths, n),
+    the final counts and the total samples drawn."""
+    models = sorted({m for ab in pairs for m in ab})
+    ids = counts[models[0]]["problem_id"].tolist()
+    for m in models:
+        if counts[m]["problem_id"].tolist() != ids:
+            raise ValueError(f"adaptive budget: model {m!r} covers other problems than {models[0]!r} (expected one test set)")
+    counts = {m: counts[m].reset_index(drop=True).copy() for m in models}
+    rounds = []
+    while True:
+        widths = {f"{a}-{b}": width(differences(counts, a, b, k)) for a, b in pairs}
+        n_now = counts[models[0]]["n"].to_numpy()
+        rounds.append(dict(widths=widths, samples=int(sum(counts[m]["n"].sum() for m in models)), max_n_now=int(n_now.max())))
+        if max(widths.values()) <= target:
+            break
+        room = np.flatnonzero(n_now < max_n)
+        if not len(room):
+            break
+        v = noise(counts, models, k)
+        pick = room[np.argsort(-v[room], kind="stable")[: max(1, math.ceil(share * len(ids)))]]
+        for first in np.unique(n_now[pick]):
+            group = pick[n_now[pick] == first]
+            extra = int(min(first, max_n - first))  # double, up to max_n
+            for m in models:
+                got = draw(m, [ids[i] for i in group], int(first), extra)
+                counts[m].loc[group, "correct"] += np.asarray(got, dtype=int)
+                counts[m].loc[group, "n"] += extra
+    return dict(rounds=rounds, counts=counts, samples=rounds[-1]["samples"])
+
+
+def uniform_n(counts: Mapping[str, pd.DataFrame], pairs: list[tuple[str, str]], k: int, goal: float, n0: int,
+              limit: int) -> int | None:
+    """The smallest uniform n in n0..limit whose predicted widths are all <= goal, or None. Prediction:
+    var(d) = (observed var(d) − mean estimator variance at the observed n) + mean estimator variance at n,
+    each problem's rate estimated from all its samples; the t-interval's width follows."""
+    def predicted(n: int) -> float:
+        worst = 0.0
+        for a, b in pairs:
+            d = differences(counts, a, b, k)
+            now = noise(counts, [a, b], k)
+            at_n = sum(estimator_variance(np.full(len(d), n), plug_in_rate(counts[m]["n"], counts[m]["correct"]), k)
+                       for m in (a, b))
+            var = max(d.var(ddof=1) - now.mean(), 0.0) + at_n.mean()
+            worst = max(worst, 2 * stats.t.ppf(0.975, len(d) - 1) * math.sqrt(var / len(d)))
+        return worst
+
+    for n in range(n0, limit + 1):
+        if predicted(n) <= goal:
+            return n
+    return None
