@@ -48,7 +48,7 @@ DEFAULT_TIMEOUT_S = 5.0
 GENERATION_TRIES = 5
 
 # reasoning-gym 0.1.25 scorers that pass the model's answer to sympy's parse_expr (an eval) or to
-# eval() itself, found by reading every score_answer; tests/test_tasks.py re-scans the sources.
+# eval() itself, found by reading every score_answer; tests/tasks/test_tasks.py re-scans the sources.
 SYMPY_SCORERS = frozenset({"countdown", "puzzle24", "polynomial_multiplication", "simple_integration",
                            "intermediate_integration"})
 EVAL_SCORERS = frozenset({"binary_matrix", "n_queens", "number_sorting", "spiral_matrix", "string_insertion"})

@@ -147,7 +147,7 @@ def check_answer(gold: str, pred: str) -> bool:
     if not gold_parsed:
         return False
     # a LaTeX currency sign: math-verify reads "\\$36" inside $...$ as nothing, so a model that writes the
-    # gold answer of MATH-500 "\\$36" exactly was marked wrong (3 of its 500 answers; tests/test_benchmark_data.py)
+    # gold answer of MATH-500 "\\$36" exactly was marked wrong (3 of its 500 answers; tests/tasks/test_benchmark_data.py)
     pred = pred.replace("\\$", "")
     candidates = [pred if ("$" in pred or "\\boxed" in pred) else f"${pred}$"]
     if WORD_RE.search(pred):

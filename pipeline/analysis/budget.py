@@ -9,7 +9,7 @@ share of problems with the largest estimated noise, for every model of the compa
 verdict's interval is at most the target width or no problem can grow.
 
 The rule is symmetric in the two models and gives both the same n per problem, so under the null (two
-evaluations of one model) the paired difference stays centred on zero: tests/test_calibration.py
+evaluations of one model) the paired difference stays centred on zero: tests/analysis/test_calibration.py
 measures how often such pairs are called different, and the verdicts on adaptive counts are stated at
 LEVEL (97%) to keep that at or under 5%. `uniform_n` predicts the n that every problem would
 need for the same width, from the same variance decomposition, for the samples-saved figure.
@@ -28,7 +28,7 @@ from pipeline.analysis.passk import paired_ci, per_problem_passk
 
 # the level of the verdicts stated on the adaptive counts: stopping when the interval is narrow favours
 # samples whose differences happen to agree, so at 95% two evaluations of one model were called different
-# 4.3-5.4% of the time (three batches of 300-1,500 simulated pairs, tests/test_calibration.py), at 96%
+# 4.3-5.4% of the time (three batches of 300-1,500 simulated pairs, tests/analysis/test_calibration.py), at 96%
 # 3.3-5.3%, at 97% 2.3-2.4%: the 97% interval keeps the rate under 5% with room for the batches' spread
 LEVEL = 0.97
 

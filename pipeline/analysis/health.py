@@ -16,7 +16,7 @@ RHO = 0.4 is a stated upper bound. Measured on the default preset's GRPO run
 (tests/fixtures/log_histories/rl_learning.json: 30 logged points of `accuracy` over 150 steps,
 0.28 → 0.68), the lag-1 autocorrelation of the residuals after a polynomial trend fit is 0.17
 (linear), 0.15 (quadratic), 0.10 (cubic), residual sd 0.068; OLS residuals bias it down by about
-0.1 at 30 points, so the series' own is about 0.25. tests/test_calibration.py: flat histories,
+0.1 at 30 points, so the series' own is about 0.25. tests/analysis/test_calibration.py: flat histories,
 i.i.d. and AR(1) noise with rho 0.3, 6-100 points: "learned" in at most 5%; the rule with no
 inflation was called learned 10% of the time under AR(1) 0.3, and the old bootstrap rule 17.5% at 8
 points under i.i.d. noise. Power: a linear 0.38 → 0.66 rise over 30 points with sd 0.068 AR(1) 0.3

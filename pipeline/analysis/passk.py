@@ -5,7 +5,7 @@ A verdict's CI is the t-interval on the per-problem paired differences d_i,
 mean(d) ± t_{0.975, N-1} · sd(d) / sqrt(N): the percentile bootstrap of the same mean uses the plug-in
 variance ((N-1)/N of the unbiased one) and z instead of t, and called two evaluations of one model
 "different" 5.2-6.6% of the time, the t-interval 4.4-5.1% (N=100, n=64, 20,000 simulated pairs at
-k = 1, 8, 64; tests/test_calibration.py).
+k = 1, 8, 64; tests/analysis/test_calibration.py).
 The minimum detectable difference at 80% power, two-sided alpha 0.05, is
 MDD = (z_0.975 + z_0.8) · sd(d) / sqrt(N).
 """

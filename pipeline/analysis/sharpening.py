@@ -4,7 +4,7 @@ answers, the perplexity stage's scores):
 
 - crossover: the smallest k at which the base's pass@k is at least an arm's, with a percentile bootstrap
   interval over problems (1st to 99th percentile: at 2.5/97.5 it missed a simulated true crossover 5.5%
-  of the time, at 1/99 3%; tests/test_calibration.py), or "no crossover up to k = n" (n, the samples per problem, is the largest k
+  of the time, at 1/99 3%; tests/analysis/test_calibration.py), or "no crossover up to k = n" (n, the samples per problem, is the largest k
   the data can show one at);
 - the guessing floor: the pass@k of a blind guesser that draws every answer from its task's training
   answers, computed exactly: 1 - (1 - p_i)^k for a test answer whose share of the training answers is p_i;
@@ -35,7 +35,7 @@ from pipeline.core.text import md_table as _table
 
 SUPPORT = ("preserved", "expanded", "shrunk", "out_of_support")
 # the crossover interval's tails: the percentile bootstrap of a first-crossing k at 2.5% per tail missed the
-# true crossover 5.5% of the time (simulated, tests/test_calibration.py); at 1% per tail it stays under 5%
+# true crossover 5.5% of the time (simulated, tests/analysis/test_calibration.py); at 1% per tail it stays under 5%
 CROSSOVER_TAIL = 0.01
 
 

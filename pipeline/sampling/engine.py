@@ -35,7 +35,7 @@ whether a call draws samples 0..n-1 or, with `first_sample`, only j..n-1. Keys a
 (the evaluator: a hash of the problem id); by default a prompt's key is its index in the call.
 Identity holds up to floating point: a row's logits may differ in the last bits with the batch
 around it, which moves a draw only when its uniform falls within that distance of a boundary
-(tests/test_batching.py measures it). tests/test_batching.py also checks the sampled distribution
+(tests/sampling/test_engine.py measures it). tests/sampling/test_engine.py also checks the sampled distribution
 against the model's exact one and greedy decoding against `generate`.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 from pipeline.arms import trl_patches as rl
 from pipeline.arms.common import TrainInputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "distill-vs-rl"
 
 

@@ -15,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.core.procs import stage_command
 from tasks import problems_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ from pipeline.core.io import write_jsonl
 from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, pass_at_k, passk_table
 from pipeline.stages.report import write_report
 from tasks import build_tasks, problems_for
-from test_analysis import N, make_problems, write_evals
+from tests.analysis.test_analyses import N, make_problems, write_evals
 
 BASE = [0, 1, 10, 5, 0, 3, 9, 10, 0, 2, 1, 0]  # correct of N per problem; 8 of 12 problems solved
 SFT = [1] + BASE[1:]  # one more problem solved than the base: pass@10 +1/12, a CI that spans zero
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 HISTORIES = FIX / "log_histories"
 

@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.analysis.health import check_arm, check_probe, describe, plot_arm, read_history
 
-H = Path(__file__).resolve().parent / "fixtures" / "log_histories"
+H = Path(__file__).resolve().parents[1] / "fixtures" / "log_histories"
 
 
 def test_a_grpo_run_that_learned():

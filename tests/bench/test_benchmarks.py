@@ -7,7 +7,7 @@ import sys
 from benchmarks.evaluation import fit
 from benchmarks.report import headline, render
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_headline_ratio_is_against_generate_on_the_same_workload():

@@ -13,7 +13,7 @@ from pipeline.analysis import plots
 from pipeline.arms import ENV, ArmError, arms
 from pipeline.config import ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # a trivial but real arm: SFT on the teacher's traces under another name, colour and verdict
 COPYCAT = '''

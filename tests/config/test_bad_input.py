@@ -18,7 +18,7 @@ from pipeline.config import ConfigError, load_config
 from tasks import build_tasks, problems_for
 from pipeline.config import TaskSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
 
 

@@ -17,7 +17,7 @@ from tasks.bounded import CheckTimeout, run_bounded
 from tasks.gym import EVAL_SCORERS, SYMPY_SCORERS, gym_names, is_plain_arithmetic
 from tasks.math import check_answer
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
 GSM = dict(train_file=str(FIX / "gsm8k_train.jsonl"), test_file=str(FIX / "gsm8k_test.jsonl"))
 MATH500 = dict(train_file=str(FIX / "math500_train.jsonl"), test_file=str(FIX / "math500_test.jsonl"))
 

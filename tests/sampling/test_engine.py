@@ -14,7 +14,7 @@ from pipeline.sampling import engine as batching
 from pipeline.config import GenerationConfig
 from pipeline.sampling.backends import Engine, load_tokenizer
 from tasks import get_task
-from tests.test_sampling import categories_of, homogeneity_p, prompts_for
+from tests.sampling.test_backends import categories_of, homogeneity_p, prompts_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -182,7 +182,7 @@ def test_samples_follow_the_models_exact_distribution(toyworld):
 
 def test_cb_and_generate_sample_the_same_distribution(toyworld):
     """Whole completions: a chi-square test of homogeneity on the samples' categories (as for
-    vLLM in test_sampling.py) does not tell `cb` and `generate` apart, and does tell a colder
+    vLLM in sampling/test_backends.py) does not tell `cb` and `generate` apart, and does tell a colder
     temperature apart."""
     hf, cb, cold = categories_of(toyworld, "hf", 1), categories_of(toyworld, "cb", 1), categories_of(toyworld, "cb", 2, 0.3)
     assert homogeneity_p(hf, cb) > 0.001, (collections.Counter(hf), collections.Counter(cb))

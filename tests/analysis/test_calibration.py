@@ -170,7 +170,7 @@ def test_verdict_same_model_twice_on_the_real_toy_base_is_rarely_called_differen
 
     from pipeline.analysis.passk import paired_ci
 
-    pp = pd.read_csv(Path(__file__).parent / "fixtures" / "toy_base_per_problem.csv", comment="#")
+    pp = pd.read_csv(Path(__file__).resolve().parents[1] / "fixtures" / "toy_base_per_problem.csv", comment="#")
     p = (pp["correct"] / pp["n"]).to_numpy()
     assert len(p) == 100 and 0 < p.mean() < 1
     rng = np.random.default_rng(12)

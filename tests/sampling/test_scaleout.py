@@ -1,5 +1,5 @@
 """Scale-out settings that run on CPU: data-parallel sampling ranks, the GRPO vLLM server's lifecycle
-and command, and the Luigi GPU resource. (Two-process training is tests/test_distributed.py.)"""
+and command, and the Luigi GPU resource. (Two-process training is tests/arms/test_distributed.py.)"""
 import json
 import os
 import subprocess

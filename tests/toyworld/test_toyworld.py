@@ -22,7 +22,7 @@ from pipeline.toyworld import (
 from tasks.base import split_of
 from tasks.toy_arith import ToyArith, chain_steps, column_work, completion_text, plain_step, trace_lines
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- task ------------------------------------------------------------------------------------------

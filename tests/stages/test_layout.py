@@ -10,7 +10,7 @@ from luigi.task_register import Register
 
 from pipeline import dag
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = [  # task family, output directory name, key
     "Evaluate eval-base-d7fd514cff d7fd514cff",
     "Evaluate eval-rl-a2583814fa a2583814fa",

@@ -12,7 +12,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.core.identity import code_fingerprint, model_fingerprint
 from tasks import build_tasks, problems_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 
 

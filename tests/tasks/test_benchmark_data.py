@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import load_config
 from tasks import build_tasks, get_task, problems_for
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
+DATA = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 ROWS = {"gsm8k": 1319, "math500": 500, "aime24": 30, "amc23": 40}
 
 

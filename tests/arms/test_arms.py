@@ -18,7 +18,7 @@ from pipeline.arms.sft import build_sft_trainer
 from pipeline.arms.common import LOG_HISTORY_FILE, SNAPSHOTS, TrainInputError
 from tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = {"gradient_checkpointing": False, "disable_tqdm": True}
 SPEC = TaskSpec(name="toy_arith", train_size=8, test_size=2, levels=[1, 2])
 

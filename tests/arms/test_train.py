@@ -21,7 +21,7 @@ from pipeline.arms.common import LOG_HISTORY_FILE, METRICS_FILE, TrainInputError
 from tasks import get_task
 from tasks.toy_arith import chain_steps, completion_text, parse_chain, plain_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = {"gradient_checkpointing": False, "disable_tqdm": True}  # tiny model: recomputation only costs time
 SPEC = TaskSpec(name="toy_arith", train_size=4, test_size=2, levels=[1])
 
