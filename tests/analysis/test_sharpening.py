@@ -122,3 +122,36 @@ def test_control_rewards():
     State.global_step = 8
     assert rnd.scores([p] * 4000, texts, State()) != a  # new coins at the next step
     assert math.isclose(np.mean([r == 1.0 for r in a]), np.mean(a))
+
+
+def _runs(counts: dict, answers: list[str]):
+    from pipeline.analysis.analyses import EvalRun
+    from tasks.base import Problem
+
+    probs = {f"p{i}": Problem(id=f"p{i}", task="toy_arith", question="1+1", answer=a, difficulty=1 + i % 2)
+             for i, a in enumerate(answers)}
+    out = {}
+    for m, c in counts.items():
+        rows = [dict(problem_id=f"p{i}", sample_index=j, completion=f"<think>\n{m}{j % 2}\n</think><answer>x</answer>",
+                     correct=j < ci) for i, ci in enumerate(c) for j in range(4)]
+        out[m] = EvalRun(m, None, pp(c), pd.DataFrame(rows), probs)
+    return out
+
+
+def test_section_warns_of_a_high_guessing_floor_and_nets_controls(tmp_path):
+    counts = {"base": [1, 1, 0, 2], "rl": [4, 3, 0, 0], "rl_random": [1, 0, 0, 1]}
+    runs = _runs(counts, ["2", "2", "3", "5"])
+    common = dict(arms=["rl", "rl_random"], controls={"rl": ["rl_random"]}, sharpened=[], k_max=4, ks=[1, 2, 4],
+                  reasoning=None, canonical=lambda p, c: sh.canonical_chain(None, p, c), ppl_records=None, n_boot=200,
+                  seed=0, out=tmp_path, judge=lambda models, lo, hi, d: "words")
+    pps = {m: pp(c) for m, c in counts.items()}
+    # guessing from training answers that are mostly "2": pass@4 of the guesser 0.5 + ... >= half the base's 0.75
+    res = sh.section(pps, runs, train_answers={"toy_arith": ["2"] * 9 + ["3"]}, **common)
+    floor = res["floor"]["toy_arith"]
+    assert floor[1] == pytest.approx((0.9 + 0.9 + 0.1 + 0) / 4) and res["warning"] and "guessing floor is high" in res["warning"][0]
+    assert [(g["arm"], g["kind"], g["k"], g["best"]) for g in res["data"]["net_gains"]] == [
+        ("rl", "controls", 1, "rl_random"), ("rl", "controls", 4, "rl_random")]
+    assert res["data"]["distinct_correct"]["rl"] == {"solved": 2, "mean_solved": 2.0, "mean_all": 1.0}
+    # answers no training answer matches: a floor of zero, no warning
+    res = sh.section(pps, runs, train_answers={"toy_arith": ["7"] * 10}, **common)
+    assert res["floor"]["toy_arith"][4] == 0 and not res["warning"]

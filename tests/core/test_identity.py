@@ -151,7 +151,7 @@ def test_sweep_members_never_share_a_name():
 def test_no_teacher_means_no_sft_arm(tmp_path, world_copy):
     config = study(tmp_path, world_copy, teacher_model=None)
     assert dag.report_models(load_config(config)) == ["base", "rl"]
-    assert set(dag.Report(config=config, overrides={}).upstream()) == {"base", "rl", "perplexity"}
+    assert set(dag.Report(config=config, overrides={}).upstream()) == {"base", "rl", "perplexity", "problems"}
 
 
 def test_rl_algorithm_is_not_a_silent_field(tmp_path, world_copy):
