@@ -184,6 +184,7 @@ def test_verdict_same_model_twice_on_the_real_toy_base_is_rarely_called_differen
     assert all(r <= 0.05 + mc for r in rates.values()), rates
 
 
+@pytest.mark.slow  # 200 simulated studies, 500 resamples each
 @pytest.mark.parametrize("lost,power", [(0.25, 0.35), (0.4, 0.15)])
 def test_crossover_interval_misses_the_true_crossover_at_most_5_percent(lost, power):
     """A population of problems: base pass rates ~ Beta(0.4, 1.2); the arm loses a share of them (rate 0)
@@ -211,6 +212,7 @@ def test_crossover_interval_misses_the_true_crossover_at_most_5_percent(lost, po
     assert miss / runs <= 0.05, (true_k, miss / runs)
 
 
+@pytest.mark.slow  # 300 simulated adaptive runs
 def test_adaptive_budget_same_model_twice_is_rarely_called_different():
     """Two evaluations of one model (pass rates ~ Beta(0.3, 1.5) on 100 problems, n = 64, k = 64), each pair
     sampled further by the adaptive budget to a 0.08-wide interval (max_n 512): the pass@64 verdict on the

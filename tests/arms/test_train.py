@@ -224,6 +224,7 @@ def test_missing_and_empty_input_files_are_one_line_errors(world, tmp_path):
 
 
 # ---- CLI + MLflow ---------------------------------------------------------------------------------
+@pytest.mark.slow  # a training subprocess
 def test_cli_logs_into_the_callers_mlflow_run(world, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -158,6 +158,7 @@ def test_non_utf8_math_dataset_file(tmp_path):
 
 
 # ---- prompts longer than the model's context ------------------------------------------------------
+@pytest.mark.slow  # two stage processes
 def test_a_prompt_longer_than_the_context_is_refused_before_sampling(tmp_path):
     p = toy_problems(1)[0]
     long = dict(p.to_dict(), id="long-one", question=" + ".join(["1"] * 400) + " =")
@@ -230,6 +231,7 @@ def test_an_unwritable_output_dir_is_refused_before_anything_runs(tmp_path):
     assert len(lines) == 1 and "output_dir: /sys/distill-vs-rl-runs is not writable" in lines[0], res.stderr
 
 
+@pytest.mark.slow  # an evaluation in a small filesystem
 def test_a_full_disk_fails_the_write_with_one_line_and_leaves_nothing_half_written(tmp_path):
     """RLIMIT_FSIZE stands in for a full disk: a write past it fails (EFBIG), as ENOSPC would."""
     f = tmp_path / "problems.jsonl"

