@@ -1,6 +1,7 @@
 """The Luigi DAG: Problems -> GenerateTeacherTraces -> FilterTraces -> Train(sft)
                                   Problems [-> FilterRLProblems] -> Train(rl), Train(distill)   (in parallel)
-          Evaluate(base | teacher | every arm [| its snapshots]) -> Perplexity -> Report
+          Evaluate(base | teacher | every arm [| its snapshots] [| base at sharpened temperatures])
+              -> Perplexity [-> Adaptive] -> Report
 
     luigi --module pipeline.dag Report --config configs/tiny.yaml --local-scheduler --workers 2
 
@@ -14,6 +15,7 @@ The tasks live in pipeline/stages/, one file per node (named as its output direc
 run), each beside the function or CLI it runs; this module re-exports them, so that
 `luigi --module pipeline.dag <Task>` and `from pipeline.dag import <Task>` find every one.
 """
+from pipeline.stages.adaptive import Adaptive  # noqa: F401
 from pipeline.stages.base import WORK_SUFFIXES, Stage, load_problems, log_model, stage_info  # noqa: F401
 from pipeline.stages.convert import ConvertModel  # noqa: F401
 from pipeline.stages.evaluate import EVAL_SAMPLING, Evaluate  # noqa: F401

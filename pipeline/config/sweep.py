@@ -30,7 +30,7 @@ import yaml
 
 from pipeline.config import ConfigError, load_config
 
-TABLES = ("algorithms", "training_length", "sft_data_size")
+TABLES = ("algorithms", "training_length", "sft_data_size", "sharpening")
 KEYS = {"study", "config", "set", "sweep", "tables", "notes"}
 
 

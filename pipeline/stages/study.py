@@ -9,7 +9,9 @@ and writes runs/<study>/report/:
   pass@k_max and dSE = base pass@k_max − RL pass@1, and how many seeds' RL runs passed the health check;
 - training_length.csv/.md/.png: pass@1 and pass@k_max at each arm's snapshots and end, over seeds;
 - sft_data_size.csv/.md/.png: SFT pass@1 and pass@k_max, optimizer steps and epochs against the
-  number of teacher traces used.
+  number of teacher traces used;
+- sharpening.csv/.md: per arm, control arm and sharpened base row, pass@1, pass@k_max and each seed's
+  crossover k, support changes and gain net of the controls.
 
 Every cell is the mean over seeds with a 95% two-level bootstrap interval (seed_problem_ci): seeds
 drawn with replacement, then the test problems (the same draw for every seed when they share the
@@ -256,6 +258,39 @@ def data_size_table(df: pd.DataFrame, axes: list[str], out: Path, pp: PerProblem
     return tab, md
 
 
+def sharpening_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, reports: dict[str, Path]):
+    """Per model but the base and teacher (arms, controls, sharpened base rows): pass@1 and pass@k_max
+    (two-level bootstrap cells), and each seed's crossover k, expanded/shrunk problems and net gain over
+    the best control at pass@1, from the members' sharpening.json (pipeline.analysis.sharpening)."""
+    k_max = int(df["k_max"].iloc[0])
+    rows, md_rows = [], []
+    for key, g in _groups(df, axes):
+        members = list(g["member"])
+        data = {m: json.loads((reports[m] / "sharpening.json").read_text()) for m in members}
+        models = [m for m in pd.read_csv(reports[members[0]] / "per_problem.csv")["model"].unique() if m not in ("base", "teacher")]
+        for model in models:
+            cells = [_cell([pp.values(m, model, k) for m in members]) for k in (1, k_max)]
+
+            def each(get) -> str:
+                return ", ".join(str(get(data[m])) for m in members)
+
+            cross = each(lambda d: (d["crossover"].get(model) or {}).get("k", "n/a") if model in d["crossover"] else "n/a")
+            support = {c: each(lambda d, c=c: next((r[c] for r in d.get("support", []) if r["arm"] == model
+                                                    and r["level"] == "all"), "n/a")) for c in ("expanded", "shrunk")}
+            net = each(lambda d: next((f"{g_['diff']:+.3f}" for g_ in d["net_gains"] if g_["arm"] == model
+                                       and g_["kind"] == "controls" and g_["k"] == 1), "n/a"))
+            rows.append({**dict(zip(axes, key)), "model": model, "seeds": len(members), "pass_at_1": cells[0][1][0],
+                         f"pass_at_{k_max}": cells[1][1][0], "crossover_k": cross, **support, "net_gain_vs_controls_pass1": net})
+            md_rows.append(list(key) + [model, str(len(members)), cells[0][0], cells[1][0], cross, support["expanded"],
+                                        support["shrunk"], net])
+    md = ["## Sharpening or new capability", "", f"pass@k cells: {CI_WORDS}. The other columns list each seed's value "
+          "(members' report section \"Sharpening or new capability?\": crossover k with no crossover up to n read "
+          "\"None\", problems only the model / only the base solves at k_max, pass@1 net of the best control arm).", ""]
+    md += _md_table([a.removeprefix("sweep.") for a in axes] + ["model", "seeds", "pass@1", f"pass@{k_max}", "crossover k",
+                                                                 "expanded", "shrunk", "net gain vs controls (pass@1)"], md_rows)
+    return pd.DataFrame(rows), md
+
+
 def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, seconds: dict[str, float] | None = None) -> dict:
     df = member_rows(sweep, reports)
     df.to_csv(out / "members.csv", index=False)
@@ -277,6 +312,8 @@ def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, second
         owner = next((a.name for a in arms().values() if t in a.study_tables), None)
         if t == "training_length":
             tab, md = training_length_table(sweep, reports, axes, out, pp)
+        elif t == "sharpening":
+            tab, md = sharpening_table(df, axes, pp, reports)
         elif owner is None:
             raise ValueError(f"study table {t!r}: no arm lists it in its study_tables")
         elif t == "algorithms":

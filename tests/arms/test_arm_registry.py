@@ -50,12 +50,12 @@ def copycat(tmp_path, monkeypatch):
 
 def test_an_arm_file_in_a_folder_is_an_arm_with_its_config_section(copycat, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert list(arms()) == ["sft", "rl", "distill", "copycat"]
+    assert list(arms()) == ["sft", "rl", "distill", "rl_format", "rl_random", "copycat"]
     assert arms()["copycat"].module == "copycat"  # its file's name: `python -m pipeline.arms copycat`
     cfg = load_config("configs/smoke.yaml", {"copycat.max_steps": 3, "compute.devices": {"copycat": "0"}})
     assert cfg.copycat.max_steps == 3 and cfg.copycat.learning_rate == 5e-4 and cfg.sft.max_steps == 4
     assert cfg.compute.devices == {"copycat": "0"}
-    assert list(cfg.model_dump())[7:11] == ["sft", "rl", "distill", "copycat"]  # the arms' sections, in order
+    assert list(cfg.model_dump())[7:13] == ["sft", "rl", "distill", "rl_format", "rl_random", "copycat"]  # the arms' sections, in order
     assert plots.color_of("copycat") == "tab:cyan" and plots.color_of("sft") == "tab:blue"
     with pytest.raises(ConfigError, match=r"smoke.yaml: copycat.bogus: unknown key"):
         load_config("configs/smoke.yaml", {"copycat.bogus": 1})
@@ -66,7 +66,7 @@ def test_an_arm_file_in_a_folder_is_an_arm_with_its_config_section(copycat, monk
 def test_without_the_folder_the_arm_is_gone(monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv(ENV, raising=False)
-    assert list(arms()) == ["sft", "rl", "distill"]
+    assert list(arms()) == ["sft", "rl", "distill", "rl_format", "rl_random"]
     with pytest.raises(ConfigError, match=r"copycat: unknown key"):
         load_config("configs/smoke.yaml", {"copycat.max_steps": 3})
 

@@ -42,13 +42,17 @@ def rl_cfg(**kw) -> RLConfig:
 
 
 def test_the_registry_has_one_shape_for_every_arm():
-    assert list(arms()) == ["sft", "rl", "distill"]
+    assert list(arms()) == ["sft", "rl", "distill", "rl_format", "rl_random"]
     for arm in arms().values():
         assert arm.module == f"pipeline.arms.{arm.name}" and arm.data in ("traces", "problems") and arm.health_metrics
     cfg = load_config("configs/smoke.yaml")
     assert enabled_arms(cfg) == ["sft", "rl"]  # distill is opt-in (distill.enabled)
     assert enabled_arms(load_config("configs/smoke.yaml", {"distill.enabled": True, "rl.enabled": False})) == ["sft", "distill"]
     assert enabled_arms(load_config("configs/smoke.yaml", {"teacher_model": None})) == ["rl"]
+    # a control arm of RL trains only beside RL
+    assert enabled_arms(load_config("configs/smoke.yaml", {"rl_random.enabled": True, "rl_format.enabled": True})) == [
+        "sft", "rl", "rl_format", "rl_random"]
+    assert enabled_arms(load_config("configs/smoke.yaml", {"rl_random.enabled": True, "rl.enabled": False})) == ["sft"]
 
 
 VARIANTS = {

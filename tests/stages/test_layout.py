@@ -21,11 +21,11 @@ SMOKE = [  # task family, output directory name, key
     "GenerateTeacherTraces traces-12aae69865 12aae69865",
     "Perplexity perplexity-c3646b7d63 c3646b7d63",
     "Problems problems-f26cd05148 f26cd05148",
-    "Report report 98263ab2a0",
+    "Report report a4d3d544cd",  # was 98263ab2a0 until the report read the problems stage (the guessing floor)
     "Train rl-a070f705fd a070f705fd",
     "Train sft-ea54200b3d ea54200b3d",
 ]
-TASKS = ("Stage", "ConvertModel", "Problems", "GenerateTeacherTraces", "FilterTraces", "FilterRLProblems", "Train",
+TASKS = ("Stage", "Adaptive", "ConvertModel", "Problems", "GenerateTeacherTraces", "FilterTraces", "FilterRLProblems", "Train",
          "Evaluate", "Perplexity", "Report", "Study")
 
 
