@@ -47,9 +47,9 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# the fast tier: every unit test and one smoke DAG (tests marked slow left out)
+# the fast tier: every unit test and one smoke DAG (tests marked slow left out), on two pytest workers
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
 # the benchmark suite (benchmarks/RESULTS.md): about 25 minutes on 2 cores
 benchmark: setup

@@ -169,6 +169,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_sampling(tmp_path):
     assert "exceeds" in res.stderr and "max_position_embeddings" in res.stderr and "sample[hf]" not in res.stderr
 
 
+@pytest.mark.slow  # a stage process per model
 def test_a_prompt_longer_than_the_teachers_context_is_refused(tmp_path):
     p = toy_problems(1)[0]
     f = tmp_path / "problems.jsonl"

@@ -224,6 +224,7 @@ def test_hash_ignores_how_the_code_is_split_but_not_what_it_does(tmp_path, monke
     assert bootstrap_hash(cfg) != h  # a changed function body counts wherever it lives
 
 
+@pytest.mark.slow  # generates both pretraining corpora
 def test_evaluation_problems_never_in_pretraining_corpora():
     cfg = BootstrapConfig()
     tok = build_tokenizer()
@@ -254,6 +255,7 @@ def test_evaluation_problems_never_in_pretraining_corpora():
     assert max(cfg.teacher.corpus.levels) > max(cfg.base.corpus.levels)
 
 
+@pytest.mark.slow  # builds a world twice
 def test_bootstrap_is_deterministic_on_cpu(tmp_path):
     small = Recipe(model=ModelSpec(hidden=64, layers=1, max_positions=256),
                    corpus=CorpusSpec(levels=[1, 2], styles={"plain": 1, "direct": 1}, problems_per_level=20, documents=200),
