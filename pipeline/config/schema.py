@@ -381,8 +381,20 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
+    """data[a][b]... = value for the key "a.b...": a part that is a number indexes a list
+    ("tasks.0.test_size"), any other part a mapping (made when missing)."""
     parts = key.split(".")
-    cur = data
-    for part in parts[:-1]:
-        cur = cur.setdefault(part, {})
-    cur[parts[-1]] = value
+    cur: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise ConfigError(f"{key}: {'.'.join(parts[:i]) or 'the config'} is a list of {len(cur)}; expected an "
+                                  f"index 0..{len(cur) - 1}, got {part!r}")
+            part = int(part)
+        elif not isinstance(cur, dict):
+            raise ConfigError(f"{key}: {'.'.join(parts[:i])} is {cur!r}, not a section (expected a mapping or a list)")
+        if last:
+            cur[part] = value
+        else:
+            cur = cur.setdefault(part, {}) if isinstance(cur, dict) else cur[part]

@@ -1,5 +1,6 @@
 """Config validation: every bad field gives one line naming the file, the field and what was expected."""
 import copy
+import re
 
 import pytest
 import yaml
@@ -111,3 +112,13 @@ def test_shipped_presets_are_valid():
         if p.name.startswith("toyworld"):
             continue  # the bootstrap recipe has its own schema
         load_config(p)
+
+
+def test_an_override_can_index_a_list():
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config("configs/tiny.yaml", {"tasks.0.test_size": 17}).tasks[0].test_size == 17
+    for key, msg in (("tasks.3.test_size", "tasks is a list of 1; expected an index 0..0, got '3'"),
+                     ("seed.x", "seed is 0, not a section")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_config("configs/tiny.yaml", {key: 1})
