@@ -44,8 +44,9 @@ endif
 run: setup
 	$(BIN)/python -m pipeline.run --config $(CONFIG)
 
+# the whole suite on two pytest workers (each test file stays on one worker)
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # the fast tier: every unit test and one smoke DAG (tests marked slow left out), on two pytest workers
 test-fast: setup

@@ -301,7 +301,8 @@ def write_study_report(sweep: Sweep, reports: dict[str, Path], out: Path, second
                  f"`{a}` ({', '.join(map(_key, dict.fromkeys(m.values[a] for m in sweep.members)))})"
                  for a in sweep.members[0].values) + ".", "",
              "Every member's report: `members/<member>/report/report.md`; one row per member: `members.csv`.", ""]
-    unhealthy = [c.removesuffix("_learned") for c in df.columns if c.endswith("_learned") and not df[c].all()]
+    unhealthy = [c.removesuffix("_learned") for c in df.columns if c.endswith("_learned") and not df[c].all()
+                 and not arms()[c.removesuffix("_learned")].control_of]  # a control is not required to learn
     for arm in unhealthy:
         bad = df.loc[~df[f"{arm}_learned"].astype(bool), "member"].tolist()
         lines += [f"> **Warning: the {arm} run did not learn in {len(bad)} member(s)** ({', '.join(bad)}); their "
