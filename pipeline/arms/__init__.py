@@ -60,6 +60,9 @@ class Arm:
     # config sections besides its own that its trainer reads (e.g. a control reads the arm it controls):
     # they count in its training stage's identity
     reads: tuple[str, ...] = ()
+    # a config -> the arm whose trained model this one starts from instead of the base (e.g. an SFT warm
+    # start), or None: its training stage then follows that arm's and counts it in its identity
+    starts_from: Callable = lambda cfg: None
     order: int = 100  # its place among the arms (config sections, tables, plots); then by folder and file name
 
 

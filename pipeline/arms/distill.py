@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -35,6 +35,9 @@ class DistillConfig(Strict):
     on them. Needs a teacher with the student's tokenizer."""
 
     enabled: bool = False
+    # the student's start: the base, or the SFT arm's model (a warm start on the teacher's traces, as the
+    # Thinking Machines / Tinker recipes do before on-policy distillation)
+    init: Literal["base", "sft"] = "base"
     beta: float = Field(1.0, ge=0, le=1)  # TRL's generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -65,6 +68,7 @@ ARM = Arm(
     name="distill", order=3, data="problems", config=DistillConfig, color="tab:purple", check=check_teacher,
     title="on-policy distillation: the student samples, the teacher's token distribution is the target",
     enabled=lambda cfg: cfg.distill.enabled and cfg.teacher_model is not None,
+    starts_from=lambda cfg: "sft" if cfg.distill.init == "sft" else None,
     # the prompts RL trains on (the base's sometimes-solved problems under rl.pass_rate_filter), as before
     prompt_filter=lambda cfg: "rl" if cfg.rl.pass_rate_filter else None,
     reads_teacher=True,

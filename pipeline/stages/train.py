@@ -42,11 +42,13 @@ class Train(Stage):
         return ("base_model",) + (("teacher_model",) if self.spec.reads_teacher else ())
 
     def upstream(self):
+        init = self.spec.starts_from(self.cfg)
+        start = {"init": Train(self.config, self.overrides, arm=init)} if init else {}
         if self.spec.data == "traces":
-            return {"data": FilterTraces(self.config, self.overrides)}
+            return {"data": FilterTraces(self.config, self.overrides), **start}
         section = self.spec.prompt_filter(self.cfg)
         return {"data": FilterRLProblems(self.config, self.overrides, section=section) if section
-                else Problems(self.config, self.overrides)}
+                else Problems(self.config, self.overrides), **start}
 
     def data_file(self) -> str:
         return self.input()["data"].path + ("/filtered.jsonl" if self.spec.data == "traces" else "/train.jsonl")
@@ -70,8 +72,9 @@ class Train(Stage):
     def train(self, tmp, run_id):
         flag = "--traces" if self.spec.data == "traces" else "--problems"
         # `python -m pipeline.arms <module>`: finds an arm module in a DVR_ARMS_PATH folder too
+        start = ["--base-model", self.input()["init"].path + "/model"] if "init" in self.input() else []
         self.subprocess("pipeline.arms", [self.spec.module, "--config", str(tmp / "config.yaml"), flag, self.data_file(),
-                        "--out", str(tmp / "model"), "--checkpoints", str(self.work_dir(".ckpt"))],
+                        "--out", str(tmp / "model"), "--checkpoints", str(self.work_dir(".ckpt")), *start],
                         run_id, devices=self.cfg.compute.devices.get(self.arm), train=True)
         log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
         return {"model": str(self.out_dir / "model"), "arm": self.arm}

@@ -324,3 +324,15 @@ def test_logic_rl_on_knights_and_knaves_runs_end_to_end(tmp_path, toyworld):
     assert {json.loads(line)["task"] for line in lines} == {"knights_knaves"}
     report = (study / "report" / "report.md").read_text()
     assert "knights_knaves" in report and "| rl |" in report
+
+
+def test_distill_can_start_from_the_sft_model():
+    from pipeline.dag import Train
+
+    over = {"distill.enabled": True, "distill.init": "sft"}
+    warm = Train(config="configs/smoke.yaml", overrides=over, arm="distill")
+    cold = Train(config="configs/smoke.yaml", overrides={"distill.enabled": True}, arm="distill")
+    assert warm.upstream()["init"].arm == "sft" and "init" not in cold.upstream()
+    assert warm.key != cold.key  # the start counts in the identity
+    with pytest.raises(Exception, match="distill.init"):
+        load_config("configs/smoke.yaml", {"distill.init": "rl"})
