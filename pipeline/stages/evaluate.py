@@ -9,10 +9,10 @@ problem's samples are a function of (model, settings, seed, problem id, sample i
 (pipeline/sampling/engine.py), whatever the shard size, width or data-parallel rank; on `hf` shards are
 rounded to whole batches of `generate` to keep that property.
 
-With --reuse D (repeatable; the DAG passes the model's other finished evaluations), a finished
-evaluation D of the same model content, prompts, seed and settings but another n lends its samples:
-the first min(n, D's n) samples of every problem are D's, and only the rest are drawn (cb only:
-`first_sample`). They are the samples this run would draw itself, up to floating point.
+With --reuse D (repeatable; the DAG passes the model's other finished evaluations), a finished evaluation
+D of the same model content, prompts, seed and settings but another n lends the first min(n, D's n)
+samples of every problem, and only the rest are drawn (cb only: `first_sample`): the samples this run
+would draw itself, up to floating point.
 
 Writes into DIR (atomically): samples.jsonl (one record per sample), problems.jsonl,
 per_problem.csv (model,problem_id,n,correct), per_problem_lenient.csv (the same under the task's
@@ -391,9 +391,9 @@ class Evaluate(Stage):
         passk = pd.read_csv(tmp / "passk.csv")
         metrics = [("pass_at_k", r.pass_at_k, r.k) for r in passk.itertuples()]
         metrics += [(f"pass_at_{r.k}", r.pass_at_k, 0) for r in passk.itertuples()]
-        tracking.log(self.cfg, run_id, params=tracking.flat_params({**ev.model_dump(mode="json"), **(
-                         {"temperature": self.temperature} if self.temperature else {})}, "eval."),
-                     metrics=metrics, artifacts=[tmp / "passk.csv", tmp / "per_problem.csv", tmp / "summary.json"])
+        used = {**ev.model_dump(mode="json"), **({"temperature": self.temperature} if self.temperature else {})}
+        tracking.log(self.cfg, run_id, params=tracking.flat_params(used, "eval."), metrics=metrics,
+                     artifacts=[tmp / "passk.csv", tmp / "per_problem.csv", tmp / "summary.json"])
         return {"model": self.name, "model_path": self.model_path()}
 
 
