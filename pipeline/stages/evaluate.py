@@ -29,9 +29,7 @@ from functools import cached_property
 from pathlib import Path
 
 import luigi
-
 import pandas as pd
-
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, EvalConfig, GenerationConfig, TaskSpec, _format_error, load_config
