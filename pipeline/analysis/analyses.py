@@ -1,4 +1,4 @@
-"""Report analyses beyond the pass@k table (issue 5): pure functions of the evaluation directories.
+"""Report analyses beyond the pass@k table: pure functions of the evaluation directories.
 
 Each model has one evaluation directory (written by pipeline.stages.evaluate): samples.jsonl,
 problems.jsonl, per_problem.csv (model,problem_id,n,correct) and passk.csv. Nothing here loads

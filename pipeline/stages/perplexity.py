@@ -1,4 +1,4 @@
-r"""Perplexity stage (issue 5): how likely each model's sampled responses are under the base model.
+r"""Perplexity stage: how likely each model's sampled responses are under the base model.
 
     python -m pipeline.stages.perplexity --base BASE_MODEL --model rl=PATH --model sft=PATH \
         --model teacher=PATH --evals base=DIR rl=DIR sft=DIR teacher=DIR --out DIR --subset 200 --seed 0

@@ -1,4 +1,4 @@
-"""The embedded toy world: a tokenizer and tiny Llama models built offline (issue 3).
+"""The embedded toy world: a tokenizer and tiny Llama models built offline.
 
 `model.build_tokenizer()` and `model.build_model(tokenizer, ...)` make throwaway models for tests;
 `build.bootstrap(...)` (CLI `python -m pipeline.toyworld --out toyworld --seed 0`) pretrains the

@@ -1,4 +1,4 @@
-"""Measuring a built world: pass@k of each model and the properties of issue 8 (TARGETS)."""
+"""Measuring a built world: pass@k of each model and the properties a world must have (TARGETS)."""
 from __future__ import annotations
 
 import re
@@ -53,7 +53,7 @@ def _reasoning_share(samples_path: Path, problems: list[Problem], task: ToyArith
     return round(sum(task.check_reasoning(by_id[r["problem_id"]], r["completion"]) for r in correct) / len(correct), 4)
 
 
-# ---- the properties a world must have (issue 8) ------------------------------------------------------
+# ---- the properties a world must have ----------------------------------------------------------------
 TARGETS = {
     "base_train_accuracy": "between 0.15 and 0.5 (RL training split, at the rollout temperature)",
     "base_reasoning_share": "at least 0.7 of the base's correct answers pass check_reasoning",
