@@ -80,7 +80,7 @@ def crossover_words(c: Mapping[str, Any]) -> str:
     if not c["arm_leads_at_1"]:
         return "no lead to lose: the base's pass@1 is already at least the arm's"
     if c["k"] is None:
-        tail = "" if c["ci_low"] is None else f" (95% interval [{c['ci_low']}, > {c['k_limit']}])"
+        tail = "" if c["ci_low"] is None else f" (interval [{c['ci_low']}, > {c['k_limit']}])"
         return f"no crossover up to k = {c['k_limit']}{tail}"
     lo = c["ci_low"]
     hi = f"> {c['k_limit']}" if c["ci_high"] is None else c["ci_high"]
