@@ -17,22 +17,29 @@ from pathlib import Path
 from benchmarks.common import median
 
 
-def grpo(rollouts: str, steps: int, work: Path, threads: int) -> dict:
+def grpo(rollouts: str, steps: int, work: Path, threads: int, config: str = "configs/tiny.yaml",
+         base_model: str | None = None, rl_set: dict | None = None) -> dict:
+    """GRPO step times with the preset's rl section (and its first task's training problems); rl_set
+    overrides rl fields (e.g. {"bf16": True})."""
     import torch
     from transformers import TrainerCallback
 
     from pipeline.config import load_config
     from pipeline.core.io import write_jsonl
     from pipeline.arms.rl import build_rl_trainer
-    from tasks import get_task
+    from tasks import build_tasks
 
     torch.set_num_threads(threads)
-    cfg = load_config("configs/tiny.yaml")
-    task = get_task("toy_arith")
+    cfg = load_config(config)
+    spec = cfg.tasks[0]
+    task = build_tasks([spec])[spec.name]
     problems = work / "grpo-problems.jsonl"
-    write_jsonl(problems, [p.to_dict() for p in task.problems("train", 200, seed=0, levels=[1, 2, 3, 4])])
-    rl = cfg.rl.model_copy(update=dict(max_steps=steps, rollouts=rollouts, pass_rate_filter=False, logging_steps=1))
-    trainer = build_rl_trainer(cfg.base_model, str(problems), cfg.tasks, rl, str(work / f"grpo-{rollouts}"), seed=0)
+    write_jsonl(problems, [p.to_dict() for p in task.problems("train", spec.train_size, seed=0, levels=spec.levels or None)])
+    rl = cfg.rl.model_copy(update=dict(max_steps=steps, rollouts=rollouts, pass_rate_filter=False, logging_steps=1,
+                                       **(rl_set or {})))
+    tag = "-".join([Path(config).stem, rollouts] + [f"{k}={v}" for k, v in sorted((rl_set or {}).items())])
+    trainer = build_rl_trainer(base_model or cfg.base_model, str(problems), cfg.tasks, rl, str(work / f"grpo-{tag}"),
+                               seed=0)
     gen_time = [0.0]
     inner = trainer._generate_single_turn
 
@@ -57,7 +64,7 @@ def grpo(rollouts: str, steps: int, work: Path, threads: int) -> dict:
     trainer.train()
     steady = rows[1:] or rows
     hist = [r for r in trainer.state.log_history if "completions/mean_length" in r]
-    return dict(rollouts=rollouts, steps=len(rows), threads=threads,
+    return dict(config=config, rl_set=rl_set or {}, rollouts=rollouts, steps=len(rows), threads=threads,
                 step_s=median([s for s, _ in steady]), generation_s=median([g for _, g in steady]),
                 loss_backward_s=median([s - g for s, g in steady]),
                 rollouts_per_step=rl.per_device_train_batch_size,
@@ -90,10 +97,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", required=True)
+    ap.add_argument("--config", default="configs/tiny.yaml")
+    ap.add_argument("--base-model", help="a converted model directory (the preset's base_model otherwise)")
+    ap.add_argument("--set", default="{}", help='rl fields as JSON, e.g. \'{"bf16": true}\'')
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    res = grpo(a.rollouts, a.steps, work, a.threads) if a.what == "grpo" else sft(a.traces, a.steps, work, a.threads)
+    res = (grpo(a.rollouts, a.steps, work, a.threads, a.config, a.base_model, json.loads(a.set)) if a.what == "grpo"
+           else sft(a.traces, a.steps, work, a.threads))
     print(json.dumps(res))
 
 

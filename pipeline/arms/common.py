@@ -92,6 +92,8 @@ def common_fields(cfg, out_dir: str, seed: int, checkpoints: str | None = None, 
                   report_to=report_to(), save_strategy="no")
     if checkpoints and save_steps > 0:
         fields.update(output_dir=str(checkpoints), save_strategy="steps", save_steps=save_steps, save_total_limit=2)
+    if cfg.bf16 and not _cuda():  # bfloat16 autocast on CPU: transformers asks for use_cpu to allow it
+        fields["use_cpu"] = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _cuda():
         # several processes without a GPU (`accelerate launch --multi_gpu` on CPU): use_cpu makes
         # accelerate set up DDP over gloo; without it every rank would train alone on all the data

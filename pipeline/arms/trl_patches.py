@@ -61,6 +61,25 @@ def with_cb_rollouts(trainer_cls):
     with_logprobs = "num_generations" in inspect.signature(trainer_cls._generate_single_turn).parameters
 
     class Trainer(trainer_cls):
+        rollout_dtype = "float32"  # rl.rollout_dtype: bfloat16 samples from a bfloat16 copy of the policy
+
+        def _rollout_model(self, model):
+            """The model the rollouts are sampled from: the policy itself, or its bfloat16 copy with this
+            step's weights (parameters cast, buffers such as RoPE's inv_freq kept in float32)."""
+            if self.rollout_dtype == "float32":
+                return model
+            copy_ = getattr(self, "_rollout_copy", None)
+            with torch.no_grad():
+                if copy_ is None:  # built from the config: a deepcopy would keep forward wrappers bound to the policy
+                    import copy
+
+                    copy_ = self._rollout_copy = type(model)(copy.deepcopy(model.config)).eval()
+                    for p in copy_.parameters():
+                        p.requires_grad_(False)
+                        p.data = p.data.to(torch.bfloat16)
+                copy_.load_state_dict(model.state_dict())
+            return copy_
+
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
             model = self.accelerator.unwrap_model(self.model_wrapped)
             plain = (not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
@@ -88,9 +107,10 @@ def with_cb_rollouts(trainer_cls):
             seed = (int(torch.randint(0, 2**62, (1,))) * 1_000_003 + step) * 1_000_003 + step + 1
             was_training = model.training
             model.eval()
+            sampler = self._rollout_model(model)
             try:
-                with batching.attention(model):
-                    out, _ = batching.generate(model, prompts, n, max_tokens=self.max_completion_length,
+                with batching.attention(sampler):
+                    out, _ = batching.generate(sampler, prompts, n, max_tokens=self.max_completion_length,
                                                temperature=self.temperature, top_p=self.top_p if self.top_p else 1.0,
                                                eos_ids=list(self.eos_token_ids), seed=seed,
                                                width=max(len(prompt_ids), 1))
