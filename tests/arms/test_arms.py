@@ -60,7 +60,7 @@ VARIANTS = {
     "dapo": dict(loss_type="dapo", epsilon_high=0.28, mask_truncated_completions=True, soft_punish_cache=8),
     "bnpo": dict(loss_type="bnpo"), "entropy_coef": dict(entropy_coef=0.01), "top20": dict(top_entropy_quantile=0.2),
     "rloo": dict(algorithm="rloo"), "curriculum": dict(curriculum=True), "beta": dict(beta=0.04),
-    "trl_rollouts": dict(rollouts="trl"),
+    "trl_rollouts": dict(rollouts="trl"), "bf16": dict(bf16=True, rollout_dtype="bfloat16"),
 }
 _TRAINED: dict[str, tuple] = {}
 
@@ -116,6 +116,27 @@ def test_rl_variants_train_different_weights_from_the_same_start(problems, tmp_p
     for x, y in [("grpo", "dr_grpo"), ("grpo", "dapo"), ("dapo", "dr_grpo"), ("dapo", "top20"), ("dapo", "rloo"),
                  ("dapo", "entropy_coef")]:
         assert not torch.equal(runs[x][2], runs[y][2]), (x, y)
+
+
+def test_bf16_rollouts_sample_from_a_bfloat16_copy_with_the_policys_current_weights(problems, tmp_path):
+    """rl.rollout_dtype: bfloat16 samples from a separate bfloat16 model (not the policy under another
+    name: a deepcopy kept forward wrappers bound to the policy), refreshed from the policy's weights."""
+    trainer, _, after = trained("bf16", problems[1], tmp_path / "o")
+    assert trainer.args.bf16 and trainer.args.use_cpu  # bfloat16 autocast for the loss, on CPU
+    policy = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}  # weights and Adam stay float32
+    assert trainer._rollout_copy is not None  # training sampled from it
+    copy_ = trainer._rollout_model(policy)
+    assert copy_ is not policy and {p.dtype for p in copy_.parameters()} == {torch.bfloat16}
+    assert {b.dtype for b in copy_.buffers() if b.is_floating_point()} <= {torch.float32}  # RoPE's inv_freq
+    assert all(torch.equal(c, p.detach().to(torch.bfloat16)) for c, p in zip(copy_.parameters(), policy.parameters()))
+    ids = torch.tensor([[1, 5, 9, 12, 7, 3]])
+    with torch.no_grad():
+        a, b = policy(ids).logits, copy_(ids).logits.float()
+    assert 0 < (a - b).abs().max() < 0.1 * a.abs().max()  # its own bfloat16 forward, close to the policy's
+    with pytest.raises(TrainInputError, match="rl.rollout_dtype"):
+        build_rl_trainer("toyworld/base", str(problems[1]), [SPEC], rl_cfg(rollouts="trl", rollout_dtype="bfloat16"),
+                         str(tmp_path / "t"), seed=0)
 
 
 def test_named_algorithm_variants_have_their_papers_settings(tmp_path, problems):
