@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from pipeline.arms import Arm
 from pipeline.config.schema import Strict
+from pipeline.analysis.one_shot import RolloutRecord
 from pipeline.analysis.probe import Probe
 from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
                                    read_rows, resume_point, same_named, snapshot_steps)
@@ -52,9 +53,8 @@ class RLConfig(Strict):
     # who samples the rollouts: the project's engine (pipeline/sampling/engine.py) or TRL's own path
     # (transformers generate, or vLLM through rl.extra); benchmarks/RESULTS.md has the step times
     rollouts: Literal["cb", "trl"] = "cb"
-    # the weights `cb` samples rollouts with: the policy's own (float32), or a bfloat16 copy refreshed every
-    # generation (about 2x faster on CPU; the loss still uses the float32 policy's log-probabilities, so the
-    # rollouts are off-policy by bfloat16 rounding, as vLLM's bfloat16 rollouts are for a float32 learner)
+    # `cb` samples with the float32 policy or a bfloat16 copy refreshed every generation (~2x faster on CPU; the
+    # loss uses the float32 policy: off-policy by bfloat16 rounding, as vLLM's bf16 rollouts for a fp32 learner)
     rollout_dtype: Literal["float32", "bfloat16"] = "float32"
     enabled: bool = True  # false leaves the RL arm out of the study (e.g. an SFT data-size sweep)
     num_generations: int = Field(8, ge=2)
@@ -89,6 +89,8 @@ class RLConfig(Strict):
     # one-shot RLVR: one training problem, repeated to fill every batch. It is the problem with the
     # highest variance of the base's pass rate p(1-p) in the RL prompt filter (needs pass_rate_filter)
     one_shot: bool = False
+    # one-shot RLVR's problem by id instead (e.g. Wang et al.'s pick from a finished run: pipeline/analysis/one_shot.py)
+    one_shot_problem: str | None = None
     # models saved at i/(snapshots+1) of max_steps, i = 1..snapshots, each evaluated like the final one
     # (the training-length table: 2 gives 1/3, 2/3 and the end)
     snapshots: int = Field(0, ge=0)
@@ -103,6 +105,8 @@ class RLConfig(Strict):
             if self.top_entropy_quantile < 1 or self.entropy_coef > 0:
                 raise ValueError("top_entropy_quantile and entropy_coef are GRPO options (trl.GRPOConfig); "
                                  "expected algorithm: grpo, or leave them at 1.0 and 0.0 for rloo")
+        if self.one_shot_problem is not None and not self.one_shot:
+            raise ValueError("one_shot_problem names one-shot RLVR's problem; expected one_shot: true")
         if self.one_shot and not self.pass_rate_filter:
             raise ValueError("one_shot picks its problem from the base's pass rates; expected pass_rate_filter: true")
         if self.snapshots >= self.max_steps:
@@ -186,14 +190,19 @@ class TaskReward:
     def scores(self, probs: list[Problem], texts: list[str], trainer_state=None) -> list[float]:
         return [float(self._score[p.task](p, t)) for p, t in zip(probs, texts)]
 
+    record: RolloutRecord | None = None  # per-problem correct counts of every step (train_rl sets it)
+
     def __call__(self, prompts: list, completions: list, problem: list[str], log_metric=None, trainer_state=None,
                  **_: Any) -> list[float]:
         probs = [Problem.from_dict(json.loads(p)) for p in problem]
         texts = [_text(c) for c in completions]
         rewards = self.scores(probs, texts, trainer_state)
-        if log_metric is not None:
+        if log_metric is not None or self.record is not None:
             correct = [self.tasks[p.task].verify(p, t) for p, t in zip(probs, texts)]
-            log_metric("accuracy", sum(correct) / max(1, len(correct)))
+            if log_metric is not None:
+                log_metric("accuracy", sum(correct) / max(1, len(correct)))
+            if self.record is not None and trainer_state is not None:
+                self.record.add(trainer_state.global_step, [p.id for p in probs], correct)
         return rewards
 
 
@@ -238,11 +247,19 @@ def base_rates(rates_csv: Path, who: str) -> dict[str, float]:
         return {r["problem_id"]: int(r["correct"]) / int(r["n"]) for r in csv.DictReader(f)}
 
 
-def one_shot_problem(problems: list[Problem], rates_csv: Path) -> Problem:
-    """One-shot RLVR's training problem: the one whose base pass rate p has the highest variance
-    p(1-p), ties to the first in file order. Wang et al. (2025) rank by the variance of an example's
-    training accuracy over a previous RL run's epochs; before any RL run, the base's own pass-rate
-    variance (from the RL prompt filter's samples) is the estimate this DAG has."""
+def one_shot_problem(problems: list[Problem], rates_csv: Path, named: str | None = None) -> Problem:
+    """One-shot RLVR's training problem: `named` (rl.one_shot_problem) when given, else the one whose base
+    pass rate p has the highest variance p(1-p), ties to the first in file order. Wang et al. (2025) rank
+    by the variance of an example's training accuracy over a previous RL run's epochs: `python -m
+    pipeline.analysis.one_shot RL_MODEL_DIR` ranks a finished run's problems that way, and its pick goes
+    into rl.one_shot_problem; before any RL run, the base's own pass-rate variance (from the RL prompt
+    filter's samples) is the estimate this DAG has."""
+    if named is not None:
+        match = [p for p in problems if p.id == named]
+        if not match:
+            raise TrainInputError(f"rl.one_shot_problem: {named!r} is not among the {len(problems)} training problems "
+                                  f"(expected an id from the RL prompt filter's kept problems)")
+        return match[0]
     rate = base_rates(rates_csv, "rl.one_shot")
     return max(problems, key=lambda p: rate.get(p.id, 0.0) * (1 - rate.get(p.id, 0.0)))
 
@@ -286,7 +303,8 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
     if cfg.curriculum:  # easy to hard; stable, so equal levels keep the file's order
         problems = sorted(problems, key=lambda p: (p.difficulty is None, p.difficulty or 0))
     if cfg.one_shot:  # one problem, repeated to fill every batch of the run (one epoch of copies)
-        one = one_shot_problem(problems, Path(problems_path).parent / "base-train" / "per_problem.csv")
+        one = one_shot_problem(problems, Path(problems_path).parent / "base-train" / "per_problem.csv",
+                               cfg.one_shot_problem)
         log.info("one-shot RLVR on problem %s: %s", one.id, one.question)
         prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
         problems = [one] * (cfg.max_steps * prompts_per_step)
@@ -334,7 +352,11 @@ def train_rl(base_model: str, problems_path: str, task_specs, cfg: RLConfig, out
         one = json.loads(trainer.train_dataset[0]["problem"])["id"] if cfg.one_shot else None
         probe = Probe(trainer, load_problems(problems_path), trainer.reward_funcs[0].tasks, cfg, seed, exclude=one)
         probe.start()
+    if isinstance(reward := trainer.reward_funcs[0], TaskReward) and trainer.is_world_process_zero():
+        reward.record = RolloutRecord(Path(checkpoints or out_dir) / "rollouts.partial.csv")
     result = trainer.train(resume_from_checkpoint=resume_point(checkpoints))
+    if getattr(reward, "record", None) is not None:
+        reward.record.finish(out_dir)
     if probe:
         probe.finish(out_dir)
     last = {k: v for row in trainer.state.log_history for k, v in row.items() if k in ("reward", "accuracy")}

@@ -211,6 +211,15 @@ def test_one_shot_rlvr_repeats_the_highest_variance_problem(problems, tmp_path):
     assert trainer.state.global_step == 3 and seen == [{probs[2].id}] * 3  # every batch: the one problem
     with pytest.raises(ValueError, match="one_shot picks its problem"):
         rl_cfg(one_shot=True)
+    # rl.one_shot_problem: a named problem (Wang et al.'s pick from a finished run) instead of the base's variance
+    named = build_rl_trainer("toyworld/base", str(d / "train.jsonl"), [SPEC], cfg.model_copy(update={
+        "one_shot_problem": probs[5].id}), str(tmp_path / "n"), seed=0)
+    assert {json.loads(p)["id"] for p in named.train_dataset["problem"]} == {probs[5].id}
+    with pytest.raises(TrainInputError, match="rl.one_shot_problem: 'nope' is not among the 8 training problems"):
+        build_rl_trainer("toyworld/base", str(d / "train.jsonl"), [SPEC], cfg.model_copy(update={
+            "one_shot_problem": "nope"}), str(tmp_path / "x"), seed=0)
+    with pytest.raises(ValueError, match="expected one_shot: true"):
+        rl_cfg(one_shot_problem=probs[5].id)
 
 
 def test_snapshots_are_saved_during_training_and_kept_beside_the_model(problems, tmp_path):
