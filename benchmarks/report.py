@@ -78,6 +78,16 @@ def render(res: dict) -> str:
                   f"generation {_ratio(g['trl']['generation_s'], g['cb']['generation_s'])} faster.", "",
                   f"SFT: **{sft['tokens_per_s']:,.0f} tokens/s** ({sft['tokens']:,} tokens in {sft['seconds']} s, "
                   f"{sft['steps']} steps of batch {sft['batch']}).", ""]
+    if "grpo_smollm2" in res:
+        rows = res["grpo_smollm2"]["rows"]
+        lines += ["## GRPO on SmolLM2-135M (configs/smollm2.yaml's step)", "",
+                  f"{rows[0]['rollouts_per_step']} rollouts of up to 96 tokens per step, {rows[0]['threads']} threads, "
+                  "seconds per optimizer step (median over the steps after the first); each row adds one option:", "",
+                  "| setting | step s | generation s | loss, backward, optimizer s | mean completion tokens | vs first |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['label']} | {r['step_s']} | {r['generation_s']} | {r['loss_backward_s']} | "
+                  f"{r['mean_completion_tokens']} | {_ratio(rows[0]['step_s'], r['step_s'])} |" for r in rows]
+        lines.append("")
     if "teacher" in res:
         t = res["teacher"]
         lines += ["## Teacher trace generation", "",
