@@ -52,11 +52,16 @@ class KnightsKnavesTask(ReasoningGymTask):
         return super().reward(problem, completion)
 
     def logic_rl_reward(self, problem: Problem, completion: str) -> float:
+        return sum(self.logic_rl_parts(problem, completion).values())
+
+    def logic_rl_parts(self, problem: Problem, completion: str) -> dict[str, float]:
+        """Logic-RL's two scores: format (+1 when the tags are right, else -1) and answer (+2 correct, -1.5
+        parsed but wrong, -2 not parsed or the format wrong); the reward is their sum."""
         if not format_ok(completion):
-            return -1.0 - 2.0
+            return {"format_reward": -1.0, "answer_reward": -2.0}
         if parse_roles(extract_tagged(completion) or "", problem.meta["entry"]["metadata"]) is None:
-            return 1.0 - 2.0
-        return 1.0 + (2.0 if self.verify(problem, completion) else -1.5)
+            return {"format_reward": 1.0, "answer_reward": -2.0}
+        return {"format_reward": 1.0, "answer_reward": 2.0 if self.verify(problem, completion) else -1.5}
 
 
 def format_ok(completion: str) -> bool:

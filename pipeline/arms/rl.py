@@ -165,8 +165,8 @@ ARM = Arm(
     title="RLVR (GRPO or RLOO) on the training problems with the task's verifier as reward",
     enabled=lambda cfg: cfg.rl.enabled, prompt_filter=lambda cfg: "rl" if cfg.rl.pass_rate_filter else None, check=check_curriculum,
     health_metrics=("accuracy", "reward"),
-    curves=("accuracy", "reward", "loss", "entropy", "completions/mean_length", "frac_reward_zero_std",
-            "clip_ratio/region_mean", "learning_rate"),
+    curves=("accuracy", "reward", "format_reward", "answer_reward", "loss", "entropy", "completions/mean_length",
+            "frac_reward_zero_std", "clip_ratio/region_mean", "learning_rate"),
     verdicts=(("rl_vs_base_pass1", "rl", "base", 1, 1), ("base_vs_rl_kmax", "base", "rl", "max", "max")),
 )
 
@@ -201,6 +201,8 @@ class TaskReward:
             correct = [self.tasks[p.task].verify(p, t) for p, t in zip(probs, texts)]
             if log_metric is not None:
                 log_metric("accuracy", sum(correct) / max(1, len(correct)))
+                for key in ("format_reward", "answer_reward") if self.kind == "logic_rl" else ():  # Logic-RL's scores
+                    log_metric(key, sum(self.tasks[p.task].logic_rl_parts(p, t)[key] for p, t in zip(probs, texts)) / len(probs))
             if self.record is not None and trainer_state is not None:
                 self.record.add(trainer_state.global_step, [p.id for p in probs], correct)
         return rewards
@@ -222,8 +224,7 @@ def reward_for(task: Task, kind: str) -> Callable[[Problem, str], float]:
     raise TrainInputError(f"rl.reward: expected 'verify' or 'logic_rl', got {kind!r}")
 
 
-def _text(completion: Any) -> str:
-    # plain-text prompts give plain-text completions; a conversational dataset would give messages
+def _text(completion: Any) -> str:  # plain-text prompts give plain text; a conversational dataset, messages
     if isinstance(completion, list):
         return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     return str(completion)

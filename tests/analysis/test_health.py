@@ -120,10 +120,10 @@ def test_health_of_curriculum_and_one_shot_runs_reads_the_probe(variant, tmp_pat
 def test_health_a_curriculum_must_reach_every_level_it_names():
     from pipeline.config import ConfigError, load_config
 
-    cfg = load_config("configs/knights-knaves.yaml")  # the preset: 16 steps x 2 prompts reach both levels
+    cfg = load_config("configs/knights-knaves.yaml")  # the preset: 30 steps x 2 prompts reach both levels
     assert cfg.rl.curriculum and cfg.rl.max_steps * cfg.rl.prompts_per_step() >= cfg.tasks[0].train_size
     tasks = "[{name: knights_knaves, train_size: 64, levels: [2, 3], options: {reward: logic_rl}}]"
     with pytest.raises(ConfigError, match=r"rl.curriculum: rl.max_steps=16 x 2 prompts per step = 32 prompts never "
                                           r"reach level 3 .*expected rl.max_steps >= 17"):
-        load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks)})
+        load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks), "rl.max_steps": 16})
     assert load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks), "rl.max_steps": 17})

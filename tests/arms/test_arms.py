@@ -350,6 +350,10 @@ def test_logic_rl_on_knights_and_knaves_runs_end_to_end(tmp_path, toyworld):
     history = json.loads(next(study.glob("rl-*/model/log_history.json")).read_text())
     rewards = [r["rewards/logic_rl/mean"] for r in history if "rewards/logic_rl/mean" in r]
     assert len(rewards) == 3 and all(-3 <= x <= 3 for x in rewards)
+    # Logic-RL's two scores are curves of their own, and they add up to the reward
+    parts = [(r["format_reward"], r["answer_reward"]) for r in history if "format_reward" in r]
+    assert len(parts) == 3 and all(f in (-1, 1) or -1 < f < 1 for f, _ in parts)
+    assert [f + a for f, a in parts] == pytest.approx(rewards)
     lines = next(study.glob("problems-*/test.jsonl")).read_text().splitlines()
     assert {json.loads(line)["task"] for line in lines} == {"knights_knaves"}
     report = (study / "report" / "report.md").read_text()

@@ -372,6 +372,8 @@ def test_logic_rl_reward_values(gym_problems):
     for completion, expected in cases.items():
         assert task.reward(p, completion) == expected, completion
         assert task.logic_rl_reward(p, completion) == expected
+        parts = task.logic_rl_parts(p, completion)  # Logic-RL's format score and answer score
+        assert parts["format_reward"] == (1 if expected > -3 else -1) and sum(parts.values()) == expected
     assert task.verify(p, f"<answer>{right}</answer>") is True  # verify stays the correctness check
     plain = get_task("knights_knaves")
     assert plain.reward(p, tagged(right)) == 1.0 and plain.reward(p, tagged(wrong)) == 0.0
