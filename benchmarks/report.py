@@ -80,7 +80,7 @@ def render(res: dict) -> str:
                   f"{sft['steps']} steps of batch {sft['batch']}).", ""]
     if "grpo_smollm2" in res:
         rows = res["grpo_smollm2"]["rows"]
-        lines += ["## GRPO on SmolLM2-135M (configs/smollm2.yaml's step)", "",
+        lines += ["## GRPO on SmolLM2-135M (configs/smollm2.yaml, 2 prompts x 4 rollouts)", "",
                   f"{rows[0]['rollouts_per_step']} rollouts of up to 96 tokens per step, {rows[0]['threads']} threads, "
                   "seconds per optimizer step (median over the steps after the first); each row adds one option:", "",
                   "| setting | step s | generation s | loss, backward, optimizer s | mean completion tokens | vs first |",
