@@ -52,7 +52,8 @@ def grader_markdown(evals: dict[str, Path], pp: dict[str, pd.DataFrame], k_max: 
     if not rows:
         return []
     if not differs:
-        return ["", "## Grader", "", "The lenient grader (any last number counts) gives the same counts as the strict one."]
+        return ["", "## Grader", "", "The lenient grader (any last number counts) gives the same counts as the study's "
+                "grader (itself the lenient one where a task sets `extraction: lenient`)."]
     return ["", "## Grader", "", "Strict: only an `<answer>` block or `\\boxed{}` counts. Lenient: else the last number "
             "anywhere in the completion.", ""] + _table(
         ["model", "strict pass@1", f"strict pass@{k_max}", "lenient pass@1", f"lenient pass@{k_max}"], rows)
