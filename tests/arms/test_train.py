@@ -135,7 +135,8 @@ def test_logic_rl_reward_uses_the_knights_and_knaves_shaping():
     got = reward(prompts=["x"] * 2, completions=[good, no_format], problem=[json.dumps(p.to_dict())] * 2,
                  log_metric=lambda k, v: logged.__setitem__(k, v))
     assert got == [3.0, -3.0]  # format +1 and answer +2; format -1 and answer -2
-    assert logged == {"accuracy": 1.0}  # accuracy is `verify`, which ignores the format
+    # accuracy is `verify`, which ignores the format; Logic-RL's two scores are logged as means: (1 - 1) / 2, (2 - 2) / 2
+    assert logged == {"accuracy": 1.0, "format_reward": 0.0, "answer_reward": 0.0}
     assert reward.__name__ == "logic_rl"
 
 
