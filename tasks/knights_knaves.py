@@ -10,6 +10,12 @@ Logic-RL reward (Xie et al. 2025, scoring as in their kk.py) adds:
           number of role words not the number of people) or the format is wrong.
 So the reward runs from -3 to 3. Option `reward="logic_rl"` makes `reward()` this reward; the
 default `reward="verify"` keeps the 1/0 reward. `logic_rl_reward` is available either way.
+
+Option `template="logic_rl"` is Logic-RL's prompt (their qwen-instruct template): a system message
+that describes the tags and the answer list, the puzzle as the user message, and the assistant turn
+opened with "<think>", so the model starts inside its reasoning. The prefilled "<think>" is part of
+the response the format score reads, as in Logic-RL. The default, `template="plain"`, is every
+task's prompt (the puzzle and the project's one-line instruction).
 Puzzles use other role words at random (sage/fool, ...); the parser reads them from the entry.
 """
 from __future__ import annotations
@@ -23,17 +29,31 @@ from tasks.gym import ReasoningGymTask
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 REWARDS = ("verify", "logic_rl")
+TEMPLATES = ("plain", "logic_rl")
+# Logic-RL's system prompt (Xie et al. 2025, data_preprocess/kk.py, template "qwen-instruct")
+LOGIC_RL_SYSTEM = (
+    "You are a helpful assistant. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within <think> </think> "
+    "and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think><answer> answer "
+    "here </answer>.  Now the user asks you to solve a logical reasoning problem. After thinking, when you "
+    "finally reach a conclusion, clearly state the identity of each character within <answer> </answer> tags. "
+    "i.e., <answer> (1) Zoey is a knight\n(2) ... </answer>.\n")
+PREFILL = "<think>"
 
 
 @register("knights_knaves")
 class KnightsKnavesTask(ReasoningGymTask):
-    OPTIONS = ReasoningGymTask.OPTIONS + ("reward",)
+    OPTIONS = ReasoningGymTask.OPTIONS + ("reward", "template")
 
     def __init__(self, **options: Any):
         self.reward_kind = options.get("reward", "verify")
         if self.reward_kind not in REWARDS:
             raise ValueError(f"task knights_knaves: option reward: expected one of {list(REWARDS)}, "
                              f"got {self.reward_kind!r}")
+        self.template = options.get("template", "plain")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"task knights_knaves: option template: expected one of {list(TEMPLATES)}, "
+                             f"got {self.template!r}")
         if "n_people" in (options.get("config") or {}):
             raise ValueError("task knights_knaves: option config.n_people: the number of people is the "
                              "difficulty level; use levels instead")
@@ -46,6 +66,21 @@ class KnightsKnavesTask(ReasoningGymTask):
             raise ValueError(f"task knights_knaves: level {level}: expected a number of people >= 2")
         return {"n_people": level}
 
+    def prompt(self, problem: Problem, tokenizer=None) -> str:
+        if self.template == "plain":
+            return super().prompt(problem, tokenizer)
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            head = tokenizer.apply_chat_template(
+                [{"role": "system", "content": LOGIC_RL_SYSTEM}, {"role": "user", "content": problem.question}],
+                tokenize=False, add_generation_prompt=True)
+        else:
+            head = f"{LOGIC_RL_SYSTEM}\n{problem.question}\n"
+        return head + PREFILL
+
+    def response(self, completion: str) -> str:
+        """The model's whole response: the completion after the prefilled "<think>" when the prompt has one."""
+        return PREFILL + completion if self.template == "logic_rl" else completion
+
     def reward(self, problem: Problem, completion: str) -> float:
         if self.reward_kind == "logic_rl":
             return self.logic_rl_reward(problem, completion)
@@ -57,7 +92,7 @@ class KnightsKnavesTask(ReasoningGymTask):
     def logic_rl_parts(self, problem: Problem, completion: str) -> dict[str, float]:
         """Logic-RL's two scores: format (+1 when the tags are right, else -1) and answer (+2 correct, -1.5
         parsed but wrong, -2 not parsed or the format wrong); the reward is their sum."""
-        if not format_ok(completion):
+        if not format_ok(self.response(completion)):
             return {"format_reward": -1.0, "answer_reward": -2.0}
         if parse_roles(extract_tagged(completion) or "", problem.meta["entry"]["metadata"]) is None:
             return {"format_reward": 1.0, "answer_reward": -2.0}

@@ -381,6 +381,30 @@ def test_logic_rl_reward_values(gym_problems):
         get_task("knights_knaves", reward="shaped")
 
 
+def test_logic_rl_template_prefills_think_and_scores_it(gym_problems, toyworld):
+    """Logic-RL's prompt: its system message, the puzzle as the user turn, the assistant turn opened
+    with "<think>"; the format score reads the prefilled tag as part of the response."""
+    from transformers import AutoTokenizer
+
+    from tasks.knights_knaves import LOGIC_RL_SYSTEM
+
+    p = gym_problems["knights_knaves"][0]
+    task = get_task("knights_knaves", reward="logic_rl", template="logic_rl")
+    tok = AutoTokenizer.from_pretrained(str(toyworld / "base"))
+    prompt = task.prompt(p, tok)
+    assert prompt.endswith("<|assistant|><think>") and prompt.startswith("<|system|>" + LOGIC_RL_SYSTEM)
+    assert p.question in prompt and "Think step by step" not in prompt
+    assert task.prompt(p).endswith(f"{p.question}\n<think>")  # no chat template: plain text, still prefilled
+    completion = f"the reasoning</think><answer>{p.answer}</answer>"
+    assert task.logic_rl_parts(p, completion) == {"format_reward": 1.0, "answer_reward": 2.0}
+    assert task.logic_rl_parts(p, "<think>" + completion)["format_reward"] == -1.0  # two <think>: malformed
+    plain = get_task("knights_knaves", reward="logic_rl")  # the plain prompt prefills nothing
+    assert plain.logic_rl_parts(p, completion)["format_reward"] == -1.0
+    assert plain.prompt(p, tok).endswith("<|assistant|>") and task.verify(p, completion)
+    with pytest.raises(ValueError, match="option template: expected one of"):
+        get_task("knights_knaves", template="qwen")
+
+
 def test_gym_lenient_extraction_takes_the_last_number():
     from tasks import get_task
 
