@@ -341,7 +341,8 @@ def test_logic_rl_on_knights_and_knaves_runs_end_to_end(tmp_path, toyworld):
     problems from reasoning-gym, GRPO with the shaped reward, evaluation, report."""
     from conftest import run_smoke
 
-    # two-person puzzles: their prompts (430-470 tokens) and 40 new tokens fit the toy model's 512-token context
+    # two-person puzzles: their prompts (430-470 tokens) and 40 new tokens fit the toy model's 512-token context;
+    # the preset's template: logic_rl is not (its system message would not fit): tests/tasks checks that prompt
     tasks = "[{name: knights_knaves, train_size: 8, test_size: 4, levels: [2], options: {reward: logic_rl}}]"
     run_smoke(tmp_path, "--set", f"tasks={tasks}", "--set", "teacher_model=null", "--set", "rl.reward=logic_rl",
               "--set", "rl.curriculum=true", "--set", "rl.pass_rate_filter=false", "--set", "eval.perplexity_subset=0",
