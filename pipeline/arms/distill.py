@@ -75,6 +75,7 @@ ARM = Arm(
     health_metrics=("accuracy",),
     curves=("accuracy", "loss", "completions/mean_length", "learning_rate"),
     verdicts=(("distill_vs_base_kmax", "distill", "base", "max", "max"),
+              ("distill_vs_sft_pass1", "distill", "sft", 1, 1),
               ("distill_vs_sft_kmax", "distill", "sft", "max", "max")),
 )
 

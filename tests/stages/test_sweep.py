@@ -65,7 +65,7 @@ def test_the_distillation_arm_is_in_every_table_and_verdict(study):
     rep = runs / "algos" / "members" / "variant-grpo" / "report"
     assert set(pd.read_csv(rep / "passk.csv")["model"]) == {"base", "teacher", "sft", "rl", "distill"}
     assert {v["name"] for v in json.loads((rep / "verdicts.json").read_text())} == {
-        "rl_vs_base_pass1", "base_vs_rl_kmax", "sft_vs_base_kmax", "distill_vs_base_kmax", "distill_vs_sft_kmax"}
+        "rl_vs_base_pass1", "base_vs_rl_kmax", "sft_vs_base_kmax", "distill_vs_base_kmax", "distill_vs_sft_pass1", "distill_vs_sft_kmax"}
     assert "distill" in json.loads((rep / "coverage.json").read_text())["vs_base"]
     health = json.loads((rep / "health.json").read_text())
     assert set(health) == {"sft", "rl", "distill"} and health["distill"]["metric"] == "accuracy"
