@@ -120,6 +120,17 @@ def _verdict(h: dict[str, Any], min_gain: float) -> dict[str, Any]:
     return dict(h, min_gain=min_gain, judged=True, learned=ok, reason=reason)
 
 
+def at_bound(values, what: str) -> str | None:
+    """The reason a metric cannot be judged when it sits at 0 or 1 everywhere (its floor or ceiling): its
+    differences are all 0, so any interval from them would be zero-width, certain where nothing was
+    measured (a run can learn what the metric cannot see, such as Logic-RL's format); None otherwise."""
+    v = np.asarray(values, float)
+    for bound, name in ((0.0, "floor"), (1.0, "ceiling")):
+        if len(v) and np.all(v == bound):
+            return f"not judged: {what.format(f'{bound:.0f}')}, its {name}: it cannot show a change"
+    return None
+
+
 def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_gain: float = 0.05,
               seed: int = 0) -> dict[str, Any]:
     """The health of one arm from its log history: the training metric's first and last windows,
@@ -136,6 +147,10 @@ def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_ga
         return dict(kind=kind, metric=metric, judged=False, learned=False, points=len(values),
                     reason=f"not judged: only {len(values)} logged points of {metric} (need at least {MIN_POINTS}: "
                            f"{MIN_WINDOW} in each window)")
+    stuck = at_bound(values, f"{metric} is {{}} at every one of the {len(values)} logged points")
+    if stuck:
+        return dict(kind=kind, metric=metric, source="log_history", judged=False, learned=False, points=len(values),
+                    reason=stuck)
     first, last, diff, lo, hi = (float(x) for x in window_test(np.array(values)))
     n1, n2 = window_sizes(len(values))
     return _verdict(dict(kind=kind, metric=metric, source="log_history", points=len(values),
@@ -152,6 +167,10 @@ def check_probe(probe: dict[str, Any], min_gain: float = 0.05, kind: str = "prob
     if len(start) < MIN_PROBE:
         return dict(base, judged=False, learned=False,
                     reason=f"not judged: only {len(start)} probe problems in {PROBE_FILE} (need at least {MIN_PROBE})")
+    stuck = at_bound(np.concatenate([start, end]), f"the probe accuracy is {{}} on all {len(start)} problems at the start "
+                                                     f"and the end ({k} samples each)")
+    if stuck:
+        return dict(base, judged=False, learned=False, reason=stuck)
     first, last, diff, lo, hi = (float(x) for x in paired_test(start, end))
     return _verdict(dict(base, first=first, last=last, diff=diff, ci_low=lo, ci_high=hi), min_gain)
 

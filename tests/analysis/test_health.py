@@ -64,6 +64,19 @@ def test_health_reads_a_probe():
     assert few["judged"] is False and "only 3 probe problems" in few["reason"]
 
 
+def test_a_metric_at_its_floor_or_ceiling_is_not_judged():
+    """All zeros (the Logic-RL run on SmolLM2: 32 probe problems x 4 samples, none right at the start or
+    the end) give a zero-width interval, certain where nothing was measured: not judged, with the reason."""
+    floor = check_probe({"samples": 4, "start": [0] * 32, "end": [0] * 32})
+    assert floor["judged"] is False and floor["learned"] is False and "its floor" in floor["reason"]
+    assert "ci_low" not in floor and describe("rl", floor).startswith("rl: not judged: the probe accuracy is 0")
+    ceiling = check_probe({"samples": 4, "start": [4] * 10, "end": [4] * 10})
+    assert ceiling["judged"] is False and "its ceiling" in ceiling["reason"]
+    flat = check_arm(_history([0.0] * 15), "rl")
+    assert flat["judged"] is False and "accuracy is 0 at every one of the 15 logged points" in flat["reason"]
+    assert check_probe({"samples": 4, "start": [0] * 31 + [1], "end": [0] * 32})["judged"] is True
+
+
 def test_curves_are_drawn(tmp_path):
     png = plot_arm(read_history(H / "rl_learning.json"), "rl", tmp_path / "rl.png", "rl")
     assert png.stat().st_size > 10_000
