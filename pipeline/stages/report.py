@@ -58,7 +58,9 @@ def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | N
     interval, else whether the 95% CI excludes zero (and the MDD, when given, when it does not)."""
     sick = sick_arms((a, b), health)
     if sick:
-        return "inconclusive: " + "; ".join(f"the {x} run did not learn ({describe(x, health[x])})" for x in sick)
+        return "inconclusive: " + "; ".join(
+            f"the {x} run {'did not learn' if health[x].get('judged', True) else 'was not judged'} "
+            f"({describe(x, health[x])})" for x in sick)
     if math.isnan(lo):
         return "no verdict: eval.bootstrap is 0, so there is no confidence interval"
     if lo <= 0 <= hi:
@@ -277,7 +279,7 @@ def health_markdown(health: dict[str, dict]) -> list[str]:
                          f"involves {arm} is inconclusive until this is fixed.")
             lines.append("")
     lines += _table(["arm", "metric", "first window", "last window", "difference [one-sided 95% bounds]", "learned"],
-                    [[arm, h.get("metric") or "n/a", h.get("first", float("nan")), h.get("last", float("nan")),
+                    [[arm, h.get("metric") or "n/a", h.get("first", "n/a"), h.get("last", "n/a"),
                       f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]" if "diff" in h else h.get("reason"),
                       ("yes" if h["learned"] else "**no**" if h.get("judged", True) else "not judged")
                       + (f" (control of {get_arm(arm).control_of}: not required to learn)" if get_arm(arm).control_of else "")]

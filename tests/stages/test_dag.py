@@ -40,7 +40,8 @@ def test_report_files_and_verdicts(smoke):
         assert v["verdict"].startswith("inconclusive") == bool(sick)
     # a 3-step smoke RL run logs too few points to judge: the report says so instead of stating findings
     assert not health["rl"]["learned"] and not health["rl"]["judged"]
-    assert "**Warning: the rl run was not judged**" in md
+    assert "**Warning: the rl run was not judged**" in md and "| nan |" not in md
+    assert verdicts["rl_vs_base_pass1"]["verdict"].startswith("inconclusive: the rl run was not judged (rl: not judged")
     # the sharpening section on the default arms: crossovers, the guessing floor, support transitions, KL
     sharp = json.loads((rep / "sharpening.json").read_text())
     assert set(sharp["crossover"]) == {"sft", "rl"} and set(sharp["guesser"]) == {"toy_arith"}
