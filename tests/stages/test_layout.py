@@ -13,16 +13,16 @@ from pipeline import dag
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = [  # task family, output directory name, key
     "Evaluate eval-base-d7fd514cff d7fd514cff",
-    "Evaluate eval-rl-a2583814fa a2583814fa",
+    "Evaluate eval-rl-81571dc54b 81571dc54b",
     "Evaluate eval-sft-6e00566539 6e00566539",
     "Evaluate eval-teacher-5608e88877 5608e88877",
     "FilterRLProblems rlprompts-600fff0f5b 600fff0f5b",
     "FilterTraces filtered-42c1f04498 42c1f04498",
     "GenerateTeacherTraces traces-12aae69865 12aae69865",
-    "Perplexity perplexity-c3646b7d63 c3646b7d63",
+    "Perplexity perplexity-e0feb105c2 e0feb105c2",
     "Problems problems-f26cd05148 f26cd05148",
-    "Report report a4d3d544cd",  # was 98263ab2a0 until the report read the problems stage (the guessing floor)
-    "Train rl-a070f705fd a070f705fd",
+    "Report report 66d0733532",  # was 98263ab2a0 until the report read the problems stage (the guessing floor)
+    "Train rl-c4f33aea92 c4f33aea92",  # was a070f705fd before rl.rollout_dtype and rl.one_shot_problem
     "Train sft-ea54200b3d ea54200b3d",
 ]
 TASKS = ("Stage", "Adaptive", "ConvertModel", "Problems", "GenerateTeacherTraces", "FilterTraces", "FilterRLProblems", "Train",
