@@ -110,7 +110,8 @@ def _cuda() -> bool:
 def resume_point(checkpoints: str | os.PathLike | None) -> str | None:
     """The newest complete Trainer checkpoint in the directory before the final step, or None.
     Trainer writes a checkpoint in place (not atomically) and its trainer_state.json last, so a
-    directory without that file was cut off mid-save: it is removed, and the one before it is used."""
+    directory without that file, or with one that does not parse (a kill while it was written: the
+    chaos test found it empty), was cut off mid-save: it is removed, and the one before it is used."""
     import shutil
 
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -121,10 +122,10 @@ def resume_point(checkpoints: str | os.PathLike | None) -> str | None:
     found = sorted((p for p in d.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]))
     for p in reversed(found):
-        state = p / "trainer_state.json"
-        if not state.is_file():
+        s = _trainer_state(p / "trainer_state.json")
+        if s is None:
             log.warning("removing the incomplete checkpoint %s (killed mid-save)", p)
-        elif 0 < (s := json.loads(state.read_text())).get("max_steps", 0) <= s.get("global_step", 0):
+        elif 0 < s.get("max_steps", 0) <= s.get("global_step", 0):
             # transformers 5.19 resumed at global_step == max_steps trains one step more (measured: a
             # 3-step GRPO run ended at step 4); the step before it is redone instead, which gives the same model
             log.warning("not resuming from the final checkpoint %s (Trainer would train past max_steps)", p)
@@ -133,6 +134,15 @@ def resume_point(checkpoints: str | os.PathLike | None) -> str | None:
             return str(p)
         shutil.rmtree(p, ignore_errors=True)
     return None
+
+
+def _trainer_state(path: Path) -> dict | None:
+    """A checkpoint's trainer_state.json, or None when it is missing or was cut off while written."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 SNAPSHOTS = "snapshots"  # beside the final model: step-<N>/ models saved during training (pipeline.dag evaluates them)

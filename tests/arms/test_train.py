@@ -323,3 +323,25 @@ def test_sft_grpo_sampling_and_perplexity_see_the_same_prompt_ids(bos_world, tmp
     assert [p for p, _ in prompt_completion_ids(tok, prompts, ["x"] * 2)] == want
     engine = Engine(w["base"], GenerationConfig(backend="hf", max_tokens=2))
     assert [engine.encode([p])["input_ids"][0].tolist() for p in prompts] == want
+
+
+def test_resume_skips_checkpoints_cut_off_mid_save(tmp_path):
+    """A kill while Trainer writes a checkpoint leaves trainer_state.json missing or empty (the chaos
+    test found an empty one, and the rerun crashed on it); such a checkpoint is removed and the one
+    before it resumed; the final step's is not resumed (Trainer would train past max_steps)."""
+    from pipeline.arms.common import resume_point
+
+    def ckpt(step, state):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+        return d
+
+    good = ckpt(2, json.dumps({"global_step": 2, "max_steps": 6}))
+    empty, cut, missing = ckpt(4, ""), ckpt(5, '{"global_step": 5, "max'), ckpt(3, None)
+    assert resume_point(tmp_path) == str(good)
+    assert not empty.exists() and not cut.exists() and not missing.exists() and good.exists()
+    final = ckpt(6, json.dumps({"global_step": 6, "max_steps": 6}))
+    assert resume_point(tmp_path) == str(good) and not final.exists()
+    assert resume_point(tmp_path / "none") is None
