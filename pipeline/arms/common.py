@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.core.io import read_jsonl, write_atomic
+from pipeline.core.io import read_jsonl, read_problems, write_atomic
+from tasks.base import Problem
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +252,15 @@ def cli(stage: str, input_flag: str, input_help: str, run: Callable[..., dict], 
         raise
     print(json.dumps(metrics))
     return 0
+
+
+REQUIRED = ("id", "task", "question", "answer")
+
+
+def load_problems(problems_path: str) -> list[Problem]:
+    """The training problems: read_rows's one-line checks (missing, empty, keys), then core.io's reader."""
+    read_rows(problems_path, "problems", REQUIRED)
+    try:
+        return read_problems(problems_path)
+    except ValueError as e:
+        raise TrainInputError(f"problems file {e}") from None

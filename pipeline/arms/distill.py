@@ -24,8 +24,9 @@ from pydantic import Field
 from pipeline.arms import Arm
 from pipeline.config.models import tokenizer_mismatch
 from pipeline.config.schema import Strict
-from pipeline.arms.rl import load_problems, with_our_prompt_encoding
-from pipeline.arms.common import TrainInputError, build_args, cli, common_fields, finish, resume_point, same_named
+from pipeline.arms.trl_patches import with_our_prompt_encoding
+from pipeline.arms.common import (TrainInputError, build_args, cli, common_fields, finish, load_problems, resume_point,
+                                   same_named)
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,8 @@ vLLM with rl.extra: {use_vllm: true, vllm_mode: colocate} on GPU; colocate fails
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -36,8 +34,8 @@ from pipeline.config.schema import Strict
 from pipeline.analysis.one_shot import RolloutRecord
 from pipeline.analysis.probe import Probe
 from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
-                                   read_rows, resume_point, same_named, snapshot_steps)
-from pipeline.core.io import read_problems
+                                   load_problems, resume_point, same_named, snapshot_steps)
+from pipeline.arms.rl_prompts import check_curriculum, curriculum_error, one_shot_problem
 from pipeline.arms.trl_patches import grpo_trainer_class, with_cb_rollouts, with_our_prompt_encoding  # noqa: F401
 from tasks.base import Problem, Task, encode_prompt
 
@@ -131,35 +129,6 @@ class RLConfig(Strict):
         return rollouts / self.num_generations / self.extra.get("num_iterations", 1)
 
 
-def curriculum_error(level_counts: dict, max_steps: int, prompts_per_step: float) -> str | None:
-    """rl.curriculum walks the problems sorted by level: the error when max_steps x prompts_per_step
-    prompts never reach the hardest level ({level: problems}); None when they do."""
-    levels = sorted(lv for lv in level_counts if lv is not None)
-    before = sum(level_counts[lv] for lv in levels[:-1])
-    if len(levels) < 2 or max_steps * prompts_per_step > before:
-        return None
-    return (f"rl.curriculum: rl.max_steps={max_steps} x {prompts_per_step:g} prompts per step = "
-            f"{int(max_steps * prompts_per_step)} prompts never reach level {levels[-1]} (levels {levels} hold "
-            f"{[level_counts[lv] for lv in levels]} problems, the last starting at prompt {before + 1}); expected "
-            f"rl.max_steps >= {math.floor(before / prompts_per_step) + 1}, or fewer problems per level")
-
-
-def check_curriculum(cfg) -> None:
-    """rl.curriculum reaches every level (ValueError if not). Assumes each task's train_size splits evenly over
-    its levels (tasks.base.Task.problems) and that all of them reach RL; with rl.pass_rate_filter the count
-    is known only at training (build_rl_trainer checks it there)."""
-    rl = cfg.rl
-    if rl.enabled and rl.curriculum and not rl.one_shot and not rl.pass_rate_filter and all(
-            t.levels for t in cfg.tasks if t.train_size):
-        counts: dict[int, int] = {}
-        for t in (t for t in cfg.tasks if t.train_size):
-            for i, lv in enumerate(t.levels):
-                counts[lv] = counts.get(lv, 0) + t.train_size // len(t.levels) + (i < t.train_size % len(t.levels))
-        err = curriculum_error(counts, rl.max_steps, rl.prompts_per_step(cfg.compute.num_processes))
-        if err:
-            raise ValueError(err)
-
-
 ARM = Arm(
     name="rl", order=2, data="problems", config=RLConfig, color="tab:red", coverage="lost", study_tables=("algorithms",),
     title="RLVR (GRPO or RLOO) on the training problems with the task's verifier as reward",
@@ -171,9 +140,6 @@ ARM = Arm(
 )
 
 log = logging.getLogger(__name__)
-
-REQUIRED = ("id", "task", "question", "answer")
-
 
 class TaskReward:
     """The GRPO reward function: TRL calls it with the rollouts and, as keyword arguments, the
@@ -228,41 +194,6 @@ def _text(completion: Any) -> str:  # plain-text prompts give plain text; a conv
     if isinstance(completion, list):
         return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     return str(completion)
-
-
-def load_problems(problems_path: str) -> list[Problem]:
-    """The training problems: read_rows's one-line checks (missing, empty, keys), then core.io's reader."""
-    read_rows(problems_path, "problems", REQUIRED)
-    try:
-        return read_problems(problems_path)
-    except ValueError as e:
-        raise TrainInputError(f"problems file {e}") from None
-
-
-def base_rates(rates_csv: Path, who: str) -> dict[str, float]:
-    """{problem_id: the base's pass rate} from the RL prompt filter's per_problem.csv."""
-    if not rates_csv.is_file():
-        raise TrainInputError(f"{who}: {rates_csv} not found (the RL prompt filter writes the base's pass "
-                              f"rates there; expected rl.pass_rate_filter: true)")
-    with open(rates_csv) as f:
-        return {r["problem_id"]: int(r["correct"]) / int(r["n"]) for r in csv.DictReader(f)}
-
-
-def one_shot_problem(problems: list[Problem], rates_csv: Path, named: str | None = None) -> Problem:
-    """One-shot RLVR's training problem: `named` (rl.one_shot_problem) when given, else the one whose base
-    pass rate p has the highest variance p(1-p), ties to the first in file order. Wang et al. (2025) rank
-    by the variance of an example's training accuracy over a previous RL run's epochs: `python -m
-    pipeline.analysis.one_shot RL_MODEL_DIR` ranks a finished run's problems that way, and its pick goes
-    into rl.one_shot_problem; before any RL run, the base's own pass-rate variance (from the RL prompt
-    filter's samples) is the estimate this DAG has."""
-    if named is not None:
-        match = [p for p in problems if p.id == named]
-        if not match:
-            raise TrainInputError(f"rl.one_shot_problem: {named!r} is not among the {len(problems)} training problems "
-                                  f"(expected an id from the RL prompt filter's kept problems)")
-        return match[0]
-    rate = base_rates(rates_csv, "rl.one_shot")
-    return max(problems, key=lambda p: rate.get(p.id, 0.0) * (1 - rate.get(p.id, 0.0)))
 
 
 def rl_args(cfg: RLConfig, out_dir: str, seed: int, checkpoints: str | None = None, save_steps: int = 0):
@@ -377,16 +308,6 @@ def train_control(cfg, section: str, reward: Callable, problems: str, out: str, 
     """Train a control arm: the rl section as it is (snapshots left out) with `reward(tasks, problems)`."""
     rl = cfg.rl.model_copy(update={"extra": {**cfg.rl.extra, **cfg.get(section).extra}, "snapshots": 0})
     return train_rl(base_model, problems, cfg.tasks, rl, out, seed, checkpoints, cfg.compute.checkpoint_steps, reward)
-
-
-def base_pass_rate(problems_path: str, problems: list[Problem]) -> float:
-    """The base's mean pass rate on these training problems, from the RL prompt filter's samples."""
-    rates_csv = Path(problems_path).parent / "base-train" / "per_problem.csv"
-    rate = base_rates(rates_csv, "a random-reward control")
-    missing = [p.id for p in problems if p.id not in rate]
-    if missing:
-        raise TrainInputError(f"{rates_csv}: no pass rate for training problem {missing[0]!r}")
-    return sum(rate[p.id] for p in problems) / len(problems)
 
 
 def _run(cfg, problems: str, out: str, base_model: str, seed: int, checkpoints: str | None = None) -> dict:

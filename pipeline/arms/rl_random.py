@@ -14,7 +14,8 @@ import sys
 
 from pipeline.arms import Arm
 from pipeline.arms.common import cli
-from pipeline.arms.rl import ARM as RL, ControlConfig, TaskReward, base_pass_rate, train_control
+from pipeline.arms.rl import ARM as RL, ControlConfig, TaskReward, train_control
+from pipeline.arms.rl_prompts import base_pass_rate
 
 log = logging.getLogger(__name__)
 
