@@ -18,22 +18,23 @@ answers, the perplexity stage's scores):
   by its point estimate, which favours the group: a net gain that excludes zero is conservative;
 - KL(arm || base) on the arm's own test samples: the mean over completion tokens of
   log p_arm - log p_base, from the perplexity stage's scores of the same (problem, sample) pairs.
+
+Support transitions are in pipeline/analysis/support.py, distinct chains in chains.py, the KL in logratio.py.
 """
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from pipeline.analysis.chains import canonical_chain, distinct_correct  # noqa: F401 (the report's entry points)
+from pipeline.analysis.logratio import kl_to_base
 from pipeline.analysis.passk import paired_difference, per_problem_passk, resample_weights
+from pipeline.analysis.support import SUPPORT, support_transitions
 from pipeline.core.text import md_table as _table
-
-SUPPORT = ("preserved", "expanded", "shrunk", "out_of_support")
 # the crossover interval's tails: the percentile bootstrap of a first-crossing k at 2.5% per tail missed the
 # true crossover 5.5% of the time (simulated, tests/analysis/test_calibration.py); at 1% per tail it stays under 5%
 CROSSOVER_TAIL = 0.01
@@ -97,65 +98,6 @@ def guesser_passk(test_answers: list[str], train_answers: list[str], ks: list[in
     return {k: float(np.mean(1 - (1 - p) ** k)) for k in ks}
 
 
-def support_transitions(base: pd.DataFrame, arm: pd.DataFrame, levels: Mapping[str, str],
-                        intervals: bool = True) -> pd.DataFrame:
-    """Rows per level ("all" first, then each level): problems, and per class of SUPPORT its count
-    and a 95% interval of the count: the exact (Clopper-Pearson) interval of the class's share of the
-    level, times the level's problems. It covers the share in a population of problems like these (a
-    percentile bootstrap would print "60 [60, 60]" when every problem is in one class); it treats each
-    problem's class at this sample budget as known. intervals=False (eval.bootstrap: 0): none."""
-    m = _merge(base, arm)
-    b, a = m["correct_a"].to_numpy() > 0, m["correct_b"].to_numpy() > 0
-    cls = np.stack([b & a, a & ~b, b & ~a, ~a & ~b], axis=1).astype(float)  # [problem, class]
-    lv = m["problem_id"].map(lambda p: levels.get(p, "none")).to_numpy()
-    rows = []
-    for name in ["all", *sorted(set(lv), key=_level_key)]:
-        sel = cls if name == "all" else cls[lv == name]
-        row: dict[str, Any] = {"level": name, "problems": len(sel)}
-        counts = sel.sum(axis=0)
-        for j, c in enumerate(SUPPORT):
-            row[c] = int(counts[j])
-            lo = hi = math.nan
-            if intervals and len(sel):
-                ci = stats.binomtest(int(counts[j]), len(sel)).proportion_ci(0.95, method="exact")
-                lo, hi = ci.low * len(sel), ci.high * len(sel)
-            row[f"{c}_low"], row[f"{c}_high"] = float(lo), float(hi)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _level_key(s: str):
-    try:
-        return (0, float(s))
-    except ValueError:
-        return (1, 0.0)
-
-
-def distinct_correct(samples: pd.DataFrame, canonical: Callable[[str, str], str | None]) -> pd.Series:
-    """Per problem: the number of distinct canonical chains among its correct samples
-    (canonical(problem_id, completion); None, a chain the task cannot read, counts as one more form)."""
-    ok = samples[samples["correct"]]
-    chains = [canonical(pid, c) for pid, c in ok[["problem_id", "completion"]].itertuples(index=False)]
-    per = pd.Series(chains, index=ok["problem_id"].to_numpy(), dtype=object).fillna("<unreadable>")
-    return per.groupby(level=0).nunique()
-
-
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-
-
-def canonical_chain(task, problem, completion: str) -> str:
-    """A correct sample's reasoning path in canonical form: the task's own `canonical_chain(problem,
-    completion)` when it has one, else the normalised text of the reasoning (the <think> block when
-    there is one, else the whole completion): lines stripped, blank lines dropped, inner whitespace
-    collapsed, lower case. For toy_arith that is the sequence of operations as written, one per line."""
-    own = getattr(task, "canonical_chain", None)
-    if own is not None:
-        return own(problem, completion)
-    m = _THINK.search(completion)
-    text = m.group(1) if m else completion
-    return "\n".join(" ".join(ln.split()).lower() for ln in text.splitlines() if ln.strip())
-
-
 def net_gain(pp: Mapping[str, pd.DataFrame], arm: str, group: list[str], k: int, n_boot: int, seed: int) -> dict[str, Any]:
     """pass@k(arm) - pass@k(best of group) on shared problems, the best by point estimate, with the
     paired t-interval and MDD of every verdict (pipeline.analysis.passk.paired_difference)."""
@@ -164,27 +106,6 @@ def net_gain(pp: Mapping[str, pd.DataFrame], arm: str, group: list[str], k: int,
     best = max(means, key=means.get)
     d, lo, hi, n, mdd = paired_difference(pp[arm], pp[best], k, k, n_boot=n_boot, seed=seed)
     return dict(arm=arm, k=k, best=best, best_value=means[best], diff=d, ci_low=lo, ci_high=hi, problems=n, mdd=mdd)
-
-
-def kl_to_base(records: list[dict], model: str, base: str = "base", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """KL(model || base) estimated on the model's own sampled completions: the pooled mean over completion
-    tokens of log p_model - log p_base (the perplexity stage's nll sums, scored by each model on the same
-    (problem, sample) pairs), and a 95% bootstrap interval over those pairs. The samples were drawn at
-    the evaluation's temperature and top_p, so this is the divergence on what the evaluation sees."""
-    own = {(r["problem_id"], r["sample_index"]): r for r in records if r["scorer"] == model and r["source"] == model}
-    by_base = {(r["problem_id"], r["sample_index"]): r for r in records if r["scorer"] == base and r["source"] == model}
-    keys = sorted(set(own) & set(by_base))
-    if not keys:
-        raise ValueError(f"kl_to_base: no (problem, sample) pair of {model!r} is scored by both {model!r} and {base!r}")
-    diff = np.array([by_base[x]["nll"] - own[x]["nll"] for x in keys])  # sum over tokens of log p_model - log p_base
-    tokens = np.array([own[x]["num_tokens"] for x in keys], dtype=float)
-    out = dict(model=model, pairs=len(keys), tokens=int(tokens.sum()), kl_per_token=float(diff.sum() / max(tokens.sum(), 1)),
-               kl_per_sequence=float(diff.mean()), ci_low=math.nan, ci_high=math.nan)
-    if n_boot > 0 and len(keys) > 1:
-        w = resample_weights(len(keys), n_boot, seed)
-        ratio = (w @ diff) / np.maximum(w @ tokens, 1)
-        out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(ratio, [2.5, 97.5]))
-    return out
 
 
 # ---- the report's section ----------------------------------------------------------------------------
