@@ -8,9 +8,10 @@ answers, the perplexity stage's scores):
   the data can show one at);
 - the guessing floor: the pass@k of a blind guesser that draws every answer from its task's training
   answers, computed exactly: 1 - (1 - p_i)^k for a test answer whose share of the training answers is p_i;
-- support transitions (Wu et al. 2025, "The Invisible Leash"): each test problem, at the sample
-  budget, preserved (base and arm solve it), expanded (only the arm), shrunk (only the base) or out of
-  support (neither), per difficulty level, counts with bootstrap intervals over that level's problems;
+- support transitions (Wu et al. 2025, "The Invisible Leash"): each test problem, with all n samples,
+  preserved (base and arm solve it), expanded (only the arm), shrunk (only the base) or out of support
+  (neither), per difficulty level, each count beside what the same model evaluated twice would give; problems
+  are called expanded or shrunk only in excess of that (a claim of the report's family, pipeline/analysis/family.py);
 - distinct correct solutions ("RL Squeezes, SFT Expands"): per problem and model, how many distinct
   reasoning chains among the correct samples (the task's `canonical_chain`);
 - net gains: an arm's pass@k minus the best of a comparison group (control arms with another reward,
@@ -32,8 +33,9 @@ import pandas as pd
 
 from pipeline.analysis.chains import canonical_chain, distinct_correct  # noqa: F401 (the report's entry points)
 from pipeline.analysis.logratio import kl_to_base
-from pipeline.analysis.passk import paired_difference, per_problem_passk, resample_weights
-from pipeline.analysis.support import SUPPORT, support_transitions
+from pipeline.analysis.family import Family, paired_p
+from pipeline.analysis.passk import paired_difference, paired_values, per_problem_passk, resample_weights
+from pipeline.analysis.support import SUPPORT, support_claims, support_transitions
 from pipeline.core.text import md_table as _table
 # the crossover interval's tails: the percentile bootstrap of a first-crossing k at 2.5% per tail missed the
 # true crossover 5.5% of the time (simulated, tests/analysis/test_calibration.py); at 1% per tail it stays under 5%
@@ -114,12 +116,16 @@ def net_gain(pp: Mapping[str, pd.DataFrame], arm: str, group: list[str], k: int,
 def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: list[str], controls: Mapping[str, list[str]],
             sharpened: list[str], k_max: int, ks: list[int], train_answers: Mapping[str, list[str]], reasoning: Mapping[str, Any] | None,
             canonical: Callable[[Any, str], str | None], ppl_records: list[dict] | None, n_boot: int, seed: int,
-            out, judge: Callable[[list[str], float, float], str]) -> dict[str, Any]:
+            out, judge: Callable[[list[str], dict, float], str], family: Family | None = None) -> dict[str, Any]:
     """Every analysis above for the report: {"markdown": [...], "warning": [...] (for the report's top),
     "metrics": [(name, value, step)], "data": {...}} and, in `out`, sharpening.json,
     support_transitions.csv/.png and kl_gain.png. `arms` are the trained arms compared with the base,
     `controls` {arm: its control arms}, `sharpened` the base's lower-temperature rows, `runs` the loaded
-    EvalRuns (pipeline.analysis.analyses), `judge(models, lo, hi, d)` a paired difference's verdict words."""
+    EvalRuns (pipeline.analysis.analyses). Every claim goes into `family` (pipeline.analysis.family): the
+    paired differences through `judge(models, v, p)` (v: diff, ci_low, ci_high, mdd; p its p-value), which
+    registers v and returns a placeholder for its words; without a family the section decides its own."""
+    own_family = family is None
+    family = family or Family()
     from pipeline.analysis import plots
     from pipeline.analysis.analyses import difficulty_label, write_json_atomic
     from pipeline.core.io import write_atomic
@@ -179,8 +185,11 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
         for a in arms_present:
             if a in cot and "base" in cot:
                 d, lo, hi, n, mdd = paired_difference(cot["base"], cot[a], k_max, k_max, n_boot=n_boot, seed=seed)
+                v = dict(arm=a, diff=d, ci_low=lo, ci_high=hi, problems=n, mdd=mdd)
+                v["verdict"] = judge(["base", a], v, paired_p(paired_values(cot["base"], cot[a], k_max, k_max)))
+                data.setdefault("cot", []).append(v)
                 rows.append([f"base CoT-pass@{k_max} − {a} CoT-pass@{k_max}", f"{d:+.3f}{_ci(lo, hi)}", n, f"{mdd:.3f}",
-                             judge(["base", a], lo, hi, d)])
+                             v["verdict"]])
                 metrics.append((f"summary/cot_base_vs_{a}_kmax", d, 0))
         md += ["", f"### The pass@{k_max} verdicts under CoT-pass@k", "",
                "The same paired comparisons, counting a sample only when its reasoning is correct too.", ""]
@@ -192,15 +201,23 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
         sup = pd.concat(parts, ignore_index=True)
         write_atomic(out / "support_transitions.csv", sup.to_csv(index=False))
         plots.support_transitions(sup, out / "support_transitions.png")
-        md += ["", f"### Support transitions at k = {k_max}", "",
+        claims = support_claims(sup, family)
+        n_samples = int(base["n"].min())
+        md += ["", f"### Support transitions with all n = {n_samples} samples", "",
                "Each test problem against the base: preserved (both solve it), expanded (only the arm), shrunk "
-               "(only the base), out of support (neither); counts with exact 95% intervals of each share of the level "
-               "(Clopper-Pearson, times the level's problems), each problem's class at this sample budget taken as known.",
+               "(only the base), out of support (neither). Beside each count, in brackets, the count expected if the "
+               "arm were the base evaluated twice: two evaluations of one model disagree on problems solved by few "
+               "samples, so some problems read expanded and some shrunk by chance alone. Problems are called "
+               "expanded or shrunk only in excess of that (the claims below, one of the report's family).",
                "", "![support transitions](support_transitions.png)", ""]
         md += _table(["arm", "level", "problems", *SUPPORT],
                      [[r.arm, r.level, r.problems, *[_count(r, c) for c in SUPPORT]] for r in sup.itertuples()])
+        md += ["", *[f"- {c['arm']}: {c['count']} problems {c['class']} against {c['null']:.1f} expected by chance: "
+                     f"{c['verdict']}." for c in claims]]
         for r in sup[sup["level"] == "all"].itertuples():
             metrics += [(f"summary/support_{r.arm}_{c}", float(getattr(r, c)), 0) for c in SUPPORT]
+            metrics += [(f"summary/support_{r.arm}_{c}_same_model", float(getattr(r, f"{c}_null")), 0) for c in SUPPORT]
+        data["support_claims"] = claims
         data["support"] = sup.to_dict(orient="records")
 
     distinct = {m: distinct_correct(runs[m].samples, lambda pid, c, r=runs[m]: canonical(r.problems[pid], c))
@@ -221,7 +238,8 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
             if members and a not in control_arms:
                 for k in (1, k_max):
                     g = net_gain(pp, a, members, k, n_boot, seed)
-                    g.update(kind=kind, verdict=judge([a, g["best"]], g["ci_low"], g["ci_high"], g["diff"]))
+                    p = g.get("p", paired_p(paired_values(pp[a], pp[g["best"]], k, k)))
+                    g.update(kind=kind, verdict=judge([a, g["best"]], g, p))
                     nets.append(g)
                     metrics.append((f"summary/net_gain_{a}_vs_{kind.replace(' ', '_')}_pass_at_{k}", g["diff"], 0))
     if nets:
@@ -252,6 +270,9 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
                          [[k["model"], k["pairs"], f"{k['kl_per_token']:.4f}{_ci(k['ci_low'], k['ci_high'], '.4f')}",
                            f"{k['kl_per_sequence']:.3f}", f"{k['gain']:+.3f}{_ci(k['gain_low'], k['gain_high'])}"] for k in kls])
         data["kl"] = kls
+    if own_family:
+        family.decide()
+        md, warn = [family.fill(x) for x in md], [family.fill(x) for x in warn]
     write_json_atomic(out / "sharpening.json", data)
     return dict(markdown=md, warning=warn, metrics=metrics, data=data, floor=floor)
 
@@ -265,7 +286,6 @@ def _ci(lo: float, hi: float, fmt: str = "+.3f") -> str:
 
 
 def _count(r, c: str) -> str:
-    lo, hi = getattr(r, f"{c}_low"), getattr(r, f"{c}_high")
-    return f"{getattr(r, c)}" + ("" if math.isnan(lo) else f" [{lo:.0f}, {hi:.0f}]")
+    return f"{getattr(r, c)} ({getattr(r, f'{c}_null'):.1f})"
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.analysis import plots
 from pipeline.analysis import budget, sharpening
-from pipeline.analysis.analyses import analyze, load_evals
+from pipeline.analysis.analyses import _jsonable, analyze, load_evals, write_json_atomic
 from pipeline.arms import arms, enabled_arms, get_arm, is_arm
 from pipeline.arms.common import LOG_HISTORY_FILE, snapshot_steps
 from pipeline.config import ExperimentConfig
@@ -25,7 +25,8 @@ from pipeline.analysis.health import PROBE_FILE, check_arm, check_probe, describ
 from pipeline.core import tracking
 from pipeline.core.io import is_complete, read_jsonl, read_problems
 from pipeline.core.text import md_table as _table
-from pipeline.analysis.passk import paired_difference, passk_table
+from pipeline.analysis.family import Family, paired_p
+from pipeline.analysis.passk import paired_difference, paired_values, passk_table
 from pipeline.analysis.sections import analysis_markdown, grader_markdown, per_benchmark, perplexity_markdown
 from pipeline.stages.base import Stage, stage_info
 from pipeline.stages.adaptive import FILE as ADAPTIVE_FILE, Adaptive
@@ -35,14 +36,34 @@ from pipeline.stages.perplexity import Perplexity, report_models
 from tasks import build_tasks, spec_label
 
 def verdict(name: str, a: str, b: str, k_a: int, k_b: int, pp: dict[str, pd.DataFrame], n_boot: int, seed: int,
-            health: dict[str, dict] | None = None) -> dict:
+            health: dict[str, dict] | None = None, family: Family | None = None) -> dict:
     """pass@k_a(a) − pass@k_b(b) with its CI, in words. A comparison with an arm whose training did
-    not learn is inconclusive, and one without resamples (eval.bootstrap: 0) states no verdict."""
+    not learn is inconclusive, and one without resamples (eval.bootstrap: 0) states no verdict. The
+    verdict is one claim of the report's `family` (pipeline.analysis.family), stated only when its
+    Holm-adjusted p-value is below 0.05; its words are set when the family is decided (at once without one)."""
     d, lo, hi, m, mdd = paired_difference(pp[a], pp[b], k_a, k_b, n_boot=n_boot, seed=seed)
-    words = verdict_words(a, b, d, lo, hi, mdd, health)
     label = f"{a} pass@{k_a} − {b} pass@{k_b}"
-    return dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, mdd=mdd, verdict=words,
-                conclusive=not words.startswith(("inconclusive", "no verdict")))
+    v = dict(name=name, comparison=label, diff=d, ci_low=lo, ci_high=hi, problems=m, mdd=mdd)
+    claim(v, a, b, paired_p(paired_values(pp[a], pp[b], k_a, k_b)), health, family)
+    return v
+
+
+def claim(v: dict, a: str, b: str, p: float, health: dict[str, dict] | None, family: Family | None) -> str:
+    """Register the paired difference v (diff, ci_low, ci_high, mdd) as a claim of `family` with p-value p
+    (none when an arm did not learn or there is no interval: it states nothing) and return its placeholder;
+    its "verdict" and "conclusive" are set when the family is decided (at once when family is None)."""
+    v["p"] = math.nan if sick_arms((a, b), health) or math.isnan(v["ci_low"]) else p
+
+    def words(c: dict) -> str:
+        w = verdict_words(a, b, c["diff"], c["ci_low"], c["ci_high"], c.get("mdd"), health, claim=c)
+        c["conclusive"] = not w.startswith(("inconclusive", "no verdict"))
+        return w
+
+    fam = family or Family()
+    token = fam.add(v, words)
+    if family is None:
+        fam.decide()
+    return token
 
 
 def sick_arms(models, health: dict[str, dict] | None) -> list[str]:
@@ -53,9 +74,10 @@ def sick_arms(models, health: dict[str, dict] | None) -> list[str]:
 
 
 def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | None, health: dict[str, dict] | None,
-                  level: float = 0.95) -> str:
+                  level: float = 0.95, claim: dict | None = None) -> str:
     """A paired difference a − b in words: inconclusive when an arm did not learn, no verdict without an
-    interval, else whether the 95% CI excludes zero (and the MDD, when given, when it does not)."""
+    interval, else whether the 95% CI excludes zero (and the MDD, when given, when it does not). With `claim`,
+    a decided claim of the report's family: stated only when its Holm-adjusted p-value is below 0.05."""
     sick = sick_arms((a, b), health)
     if sick:
         return "inconclusive: " + "; ".join(
@@ -65,7 +87,21 @@ def verdict_words(a: str, b: str, d: float, lo: float, hi: float, mdd: float | N
         return "no verdict: eval.bootstrap is 0, so there is no confidence interval"
     if lo <= 0 <= hi:
         return f"not distinguishable (the {level:.0%} CI includes zero" + ("" if mdd is None else f"; could have detected |d| >= {mdd:.3f}") + ")"
+    if claim is not None and not claim["stated"]:
+        return (f"not distinguishable after adjustment for the report's {claim['family_size']} claims "
+                f"(p = {claim['p']:.3f}, Holm-adjusted {claim['p_adjusted']:.3f})")
     return f"{a} {'higher' if d > 0 else 'lower'} than {b}"
+
+
+def family_words(family: Family) -> str:
+    return (f"The report makes {family.claims[0]['family_size'] if family.claims else 0} claims that could be false "
+            "alarms (these verdicts, the CoT-pass@k verdicts, the net gains and the support claims below); each is "
+            "stated only when its Holm-adjusted p-value over all of them is below 0.05, so a study whose models do "
+            "not differ states none of them at least 95% of the time. Intervals are each claim's own 95% interval.")
+
+
+def _p(v: dict) -> str:
+    return "" if math.isnan(v.get("p", math.nan)) else f"; p {v['p']:.3g}, Holm-adjusted {v['p_adjusted']:.3g}"
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -89,7 +125,9 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     health = training_health(train_logs or {}, out, cfg.seed, cfg.health.min_gain)
     runs = load_evals(evals)
     analysis = analyze(runs, out, tasks=build_tasks(cfg.tasks))
-    sharp = sharpening_section(cfg, pp, runs, k_max, passk["k"].unique(), train_problems, ppl_dir, analysis, health, out)
+    family = Family()  # every claim of this report, adjusted together (pipeline.analysis.family)
+    sharp = sharpening_section(cfg, pp, runs, k_max, passk["k"].unique(), train_problems, ppl_dir, analysis, health, out,
+                               family)
     plots.passk_curves(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems",
                        floor=sharp["floor"])
     verdicts = []  # each arm's own comparisons (pipeline.arms), when both of its models are in the study
@@ -97,7 +135,10 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
         for name, a, b, k_a, k_b in arm.verdicts:
             if a in pp and b in pp:
                 verdicts.append(verdict(name, a, b, k_max if k_a == "max" else k_a, k_max if k_b == "max" else k_b,
-                                        pp, nb, seed, health))
+                                        pp, nb, seed, health, family))
+    family.decide()
+    sharp["markdown"] = [family.fill(x) for x in sharp["markdown"]]
+    write_json_atomic(out / "sharpening.json", json.loads(family.fill(json.dumps(_jsonable(sharp["data"])))))
 
     extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
     extra_md = analysis_markdown(analysis)
@@ -125,10 +166,10 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
         lines += ["No SFT arm and no teacher: `teacher_model` is not set, so there are no traces to distill.", ""]
     lines += sharp["warning"] + ([""] if sharp["warning"] else [])
     lines += health_markdown(health)
-    lines += ["## Verdicts", ""]
+    lines += ["## Verdicts", "", family_words(family), ""]
     for v in verdicts:
         lines.append(f"- **{v['comparison']}** = {v['diff']:+.3f}{_ci(v['ci_low'], v['ci_high'])} "
-                     f"on {v['problems']} problems (MDD {v['mdd']:.3f}): {v['verdict']}.")
+                     f"on {v['problems']} problems (MDD {v['mdd']:.3f}{_p(v)}): {v['verdict']}.")
     lines += ["", "## pass@k", "", "![pass@k curves](passk.png)", "",
               "| k | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for k in table.index:
@@ -203,7 +244,7 @@ def adaptive_markdown(d: Path, k_max: int, health: dict, nb: int, seed: int) -> 
 
 
 def sharpening_section(cfg: ExperimentConfig, pp, runs, k_max: int, pp_ks, train_problems: Path | None, ppl_dir: Path | None,
-                       analysis: dict, health: dict, out: Path) -> dict:
+                       analysis: dict, health: dict, out: Path, family: Family | None = None) -> dict:
     """The report's "Sharpening or new capability?" section (pipeline.analysis.sharpening) for this study."""
     train_answers: dict[str, list[str]] = {}
     for p in read_problems(train_problems / "train.jsonl") if train_problems else []:
@@ -217,7 +258,7 @@ def sharpening_section(cfg: ExperimentConfig, pp, runs, k_max: int, pp_ks, train
         canonical=lambda p, c: sharpening.canonical_chain(tasks.get(p.task), p, c),
         ppl_records=read_jsonl(ppl_file) if ppl_file and ppl_file.is_file() else None,
         n_boot=cfg.eval.bootstrap, seed=cfg.seed, out=out,
-        judge=lambda models, lo, hi, d: verdict_words(models[0], models[1], d, lo, hi, None, health))
+        family=family, judge=lambda models, v, p: claim(v, models[0], models[1], p, health, family))
 
 
 def training_health(train_logs: dict[str, Path], out: Path, seed: int, min_gain: float) -> dict[str, dict]:

@@ -56,9 +56,17 @@ def test_support_transitions_per_level():
     assert t.loc["all", list(sh.SUPPORT)].tolist() == [1, 1, 1, 1] and t.loc["all", "problems"] == 4
     assert t.loc["1", list(sh.SUPPORT)].tolist() == [1, 1, 0, 0]
     assert t.loc["2", list(sh.SUPPORT)].tolist() == [0, 0, 1, 1]
-    assert t.loc["all", "expanded_low"] <= 1 <= t.loc["all", "expanded_high"]
-    # exact intervals: 0 of 2 shrunk on level 1 is [0, 0.842 x 2], never a zero-width [0, 0]
-    assert t.loc["1", "shrunk_low"] == 0 and t.loc["1", "shrunk_high"] == pytest.approx(2 * 0.8419, abs=1e-3)
+    # the same model twice: given a problem's t correct of 8 samples, the base holds none of them with
+    # probability C(4, t) / C(8, t): 1/70 (t = 4), 1/2 (t = 1), 3/14 (t = 2); t = 0 is out of support either way
+    chance = 1 / 70 + 1 / 2 + 3 / 14
+    assert t.loc["all", "expanded_null"] == pytest.approx(chance) and t.loc["all", "shrunk_null"] == pytest.approx(chance)
+    assert t.loc["all", "out_of_support_null"] == 1 and t.loc["all", "preserved_null"] == pytest.approx(3 - 2 * chance)
+    assert t.loc["1", "expanded_null"] == pytest.approx(1 / 70 + 1 / 2)
+    # one expanded problem is what chance gives: P(at least 1) = 1 - (1 - 1/70)(1 - 1/2)(1 - 3/14)
+    assert t.loc["all", "expanded_p"] == pytest.approx(1 - (69 / 70) * 0.5 * (11 / 14))
+    # an arm that solves 10 problems the base never does, each with 20 of 64: far beyond chance
+    big = sh.support_transitions(pp([0] * 10, 64), pp([20] * 10, 64), {}).iloc[0]
+    assert big["expanded"] == 10 and big["expanded_null"] < 1e-5 and big["expanded_p"] < 1e-40
 
 
 def test_distinct_correct_solutions():
@@ -143,7 +151,7 @@ def test_section_warns_of_a_high_guessing_floor_and_nets_controls(tmp_path):
     runs = _runs(counts, ["2", "2", "3", "5"])
     common = dict(arms=["rl", "rl_random"], controls={"rl": ["rl_random"]}, sharpened=[], k_max=4, ks=[1, 2, 4],
                   reasoning=None, canonical=lambda p, c: sh.canonical_chain(None, p, c), ppl_records=None, n_boot=200,
-                  seed=0, out=tmp_path, judge=lambda models, lo, hi, d: "words")
+                  seed=0, out=tmp_path, judge=lambda models, v, p: "words")
     pps = {m: pp(c) for m, c in counts.items()}
     # guessing from training answers that are mostly "2": pass@4 of the guesser 0.5 + ... >= half the base's 0.75
     res = sh.section(pps, runs, train_answers={"toy_arith": ["2"] * 9 + ["3"]}, **common)

@@ -63,7 +63,12 @@ def test_verdict_signs_and_words_on_known_counts(tmp_path, toyworld, evals):
     assert v["rl_vs_base_pass1"]["ci_low"] > 0 and v["rl_vs_base_pass1"]["verdict"] == "rl higher than base"
     base_k10 = sum(c > 0 for c in BASE) / 12  # 8 of 12 problems
     assert v["base_vs_rl_kmax"]["diff"] == pytest.approx(base_k10 - 1.0)
-    assert v["base_vs_rl_kmax"]["ci_high"] < 0 and v["base_vs_rl_kmax"]["verdict"] == "base lower than rl"
+    # its own 95% interval excludes zero (p 0.039), but the report makes 9 claims (3 verdicts, 2 CoT verdicts,
+    # 4 support claims) and Holm's adjustment over them does not let this one through
+    k = v["base_vs_rl_kmax"]
+    assert k["ci_high"] < 0 and k["p"] < 0.05 < k["p_adjusted"] and k["family_size"] == 9 and not k["stated"]
+    assert k["verdict"] == (f"not distinguishable after adjustment for the report's 9 claims (p = {k['p']:.3f}, "
+                            f"Holm-adjusted {k['p_adjusted']:.3f})")
     # d = 1/12 on one problem of 12: sd(d) = sqrt(1/12) / 12 ... the t-interval and the MDD by hand
     s = v["sft_vs_base_kmax"]
     d = [1.0] + [0.0] * 11
@@ -75,7 +80,7 @@ def test_verdict_signs_and_words_on_known_counts(tmp_path, toyworld, evals):
     assert v["rl_vs_base_pass1"]["mdd"] > 0 and "could have detected" not in v["rl_vs_base_pass1"]["verdict"]
     md = (out / "report.md").read_text()
     assert f"**rl pass@1 − base pass@1** = {1.0 - base_p1:+.3f}" in md and "rl higher than base" in md
-    assert f"(MDD {s['mdd']:.3f}): not distinguishable" in md and "(z_0.975 + z_0.8) × sd(d_i) / sqrt(N)" in md
+    assert f"(MDD {s['mdd']:.3f}; p {s['p']:.3g}, Holm-adjusted {s['p_adjusted']:.3g}): not distinguishable" in md and "(z_0.975 + z_0.8) × sd(d_i) / sqrt(N)" in md
     assert {x["name"]: x["mdd"] for x in json.loads((out / "verdicts.json").read_text())} == {
         n: x["mdd"] for n, x in v.items()}
     metrics = {name: value for name, value, _ in res["parent_metrics"]}
