@@ -12,8 +12,9 @@ answers, the perplexity stage's scores):
   preserved (base and arm solve it), expanded (only the arm), shrunk (only the base) or out of support
   (neither), per difficulty level, each count beside what the same model evaluated twice would give; problems
   are called expanded or shrunk only in excess of that (a claim of the report's family, pipeline/analysis/family.py);
-- distinct correct solutions ("RL Squeezes, SFT Expands"): per problem and model, how many distinct
-  reasoning chains among the correct samples (the task's `canonical_chain`);
+- distinct correct solutions ("RL Squeezes, SFT Expands"): per problem and model, the expected number of
+  distinct reasoning chains (the task's `canonical_chain`) among m = CHAIN_M of its correct samples, so
+  that a model with more correct samples does not show more chains mechanically;
 - net gains: an arm's pass@k minus the best of a comparison group (control arms with another reward,
   the base sampled at a lower temperature), paired over problems like every verdict. The best is picked
   by its point estimate, which favours the group: a net gain that excludes zero is conservative;
@@ -31,7 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.analysis.chains import canonical_chain, distinct_correct  # noqa: F401 (the report's entry points)
+from pipeline.analysis.chains import CHAIN_M, canonical_chain, distinct_at_m, distinct_correct  # noqa: F401
 from pipeline.analysis.logratio import kl_to_base
 from pipeline.analysis.family import Family, paired_p
 from pipeline.analysis.passk import paired_difference, paired_values, per_problem_passk, resample_weights
@@ -220,16 +221,26 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
         data["support_claims"] = claims
         data["support"] = sup.to_dict(orient="records")
 
-    distinct = {m: distinct_correct(runs[m].samples, lambda pid, c, r=runs[m]: canonical(r.problems[pid], c))
-                for m in pp if m in runs}
+    chain_m = min(CHAIN_M, int(base["n"].min()))
+    at_m = {m: distinct_at_m(runs[m].samples, lambda pid, c, r=runs[m]: canonical(r.problems[pid], c), chain_m)
+            for m in pp if m in runs}
+    rows, data["distinct_correct"] = [], {"m": chain_m}
+    for m, s in at_m.items():
+        shared = sorted(set(s.index) & set(at_m.get("base", pd.Series(dtype=float)).index))
+        d = dict(problems=len(s), mean=float(s.mean()) if len(s) else math.nan, shared_with_base=len(shared),
+                 mean_shared=float(s[shared].mean()) if shared else math.nan,
+                 base_mean_shared=float(at_m["base"][shared].mean()) if shared else math.nan)
+        data["distinct_correct"][m] = d
+        rows.append([m, d["problems"], _num(d["mean"]), d["shared_with_base"], _num(d["mean_shared"]), _num(d["base_mean_shared"])])
+        if len(s):
+            metrics.append((f"summary/distinct_correct_{m}", d["mean"], 0))
     md += ["", "### Distinct correct solutions", "",
-           "Per problem, the number of distinct reasoning chains among the correct samples (the task's "
-           "`canonical_chain`); the mean over the problems a model solves, and over all problems (0 when unsolved).", ""]
-    md += _table(["model", "problems solved", "mean distinct chains (solved)", "mean distinct chains (all)"],
-                 [[m, len(s), float(s.mean()) if len(s) else 0.0, float(s.sum() / len(pp[m]))] for m, s in distinct.items()])
-    metrics += [(f"summary/distinct_correct_{m}", float(s.sum() / len(pp[m])), 0) for m, s in distinct.items()]
-    data["distinct_correct"] = {m: {"solved": len(s), "mean_solved": float(s.mean()) if len(s) else 0.0,
-                                    "mean_all": float(s.sum() / len(pp[m]))} for m, s in distinct.items()}
+           f"Distinct reasoning chains (the task's `canonical_chain`) among m = {chain_m} correct samples of a problem: "
+           "the expected number when m of its correct samples are drawn without replacement, on the problems with at "
+           f"least {chain_m} correct samples. A count over all correct samples would grow with the pass rate; at an equal "
+           "m it does not. The last columns compare each model with the base on the problems both have m for.", ""]
+    md += _table(["model", f"problems with ≥ {chain_m} correct", f"distinct chains in {chain_m} (mean)",
+                  "problems shared with base", "model, shared", "base, shared"], rows)
 
     nets, control_arms = [], {c for cs in controls.values() for c in cs}
     for a in arms_present:
@@ -279,6 +290,10 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
 
 def _mean(pp: pd.DataFrame, k: int) -> float:
     return float(per_problem_passk(pp["n"].to_numpy(), pp["correct"].to_numpy(), [k])[:, 0].mean())
+
+
+def _num(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}"
 
 
 def _ci(lo: float, hi: float, fmt: str = "+.3f") -> str:

@@ -79,6 +79,43 @@ def test_distinct_correct_solutions():
     assert got.to_dict() == {"a": 2, "b": 1}  # whitespace does not make a new chain; a wrong sample does not count
 
 
+def test_expected_distinct_chains_among_m_correct_samples():
+    from pipeline.analysis.chains import expected_distinct
+
+    # chains a, a, b: two of them hold b with probability 1 - C(1, 2)/C(3, 2) = 2/3, a always: 5/3
+    assert expected_distinct([2, 1], 2) == pytest.approx(5 / 3) and expected_distinct([1, 1, 1], 3) == 3
+    assert math.isnan(expected_distinct([1], 2))  # fewer correct samples than m: not counted
+
+
+def test_distinct_chains_do_not_grow_with_the_pass_rate(tmp_path):
+    """Two models with the same chain distribution per problem (0.6, 0.3, 0.1), one with 8 correct samples of 64
+    per problem, one with 40: the report's distinct-chain figure is the same for both (the expected distinct
+    chains among m = 4 correct samples, 1 - 0.4^4 + 1 - 0.7^4 + 1 - 0.9^4 = 2.078), where the count among all
+    correct samples is about 2.4 against 3.0."""
+    from pipeline.analysis.analyses import EvalRun
+    from tasks.base import Problem
+
+    rng = np.random.default_rng(0)
+    ids = [f"p{i}" for i in range(100)]
+    probs = {i: Problem(id=i, task="toy_arith", question="1+1", answer="2", difficulty=1) for i in ids}
+    runs, pps = {}, {}
+    for m, c in (("base", 8), ("rl", 40)):
+        chains = rng.choice(["a", "b", "c"], p=[0.6, 0.3, 0.1], size=(100, c))
+        rows = [dict(problem_id=pid, sample_index=j, correct=j < c,
+                     completion=f"<think>\n{chains[i, j] if j < c else 'x'}\n</think>") for i, pid in enumerate(ids) for j in range(64)]
+        pps[m] = pp([c] * 100, 64, ids)
+        runs[m] = EvalRun(m, None, pps[m], pd.DataFrame(rows), probs)
+    res = sh.section(pps, runs, arms=["rl"], controls={}, sharpened=[], k_max=64, ks=[1, 64], train_answers={},
+                     reasoning=None, canonical=lambda p, c: sh.canonical_chain(None, p, c), ppl_records=None, n_boot=0,
+                     seed=0, out=tmp_path, judge=lambda models, v, p: "words")
+    metric = {k: v for k, v, _ in res["metrics"]}
+    truth = (1 - 0.4 ** 4) + (1 - 0.7 ** 4) + (1 - 0.9 ** 4)
+    assert metric["summary/distinct_correct_base"] == pytest.approx(truth, abs=0.08)
+    assert metric["summary/distinct_correct_rl"] == pytest.approx(truth, abs=0.08)
+    everything = {m: sh.distinct_correct(runs[m].samples, lambda pid, c: sh.canonical_chain(None, None, c)).mean() for m in runs}
+    assert everything["rl"] - everything["base"] > 0.4  # the count over all correct samples differs mechanically
+
+
 def test_canonical_chain_uses_the_task_own_when_it_has_one():
     class Task:
         def canonical_chain(self, problem, completion):
@@ -159,7 +196,10 @@ def test_section_warns_of_a_high_guessing_floor_and_nets_controls(tmp_path):
     assert floor[1] == pytest.approx((0.9 + 0.9 + 0.1 + 0) / 4) and res["warning"] and "guessing floor is high" in res["warning"][0]
     assert [(g["arm"], g["kind"], g["k"], g["best"]) for g in res["data"]["net_gains"]] == [
         ("rl", "controls", 1, "rl_random"), ("rl", "controls", 4, "rl_random")]
-    assert res["data"]["distinct_correct"]["rl"] == {"solved": 2, "mean_solved": 2.0, "mean_all": 1.0}
+    # m = 4 correct samples: only rl's first problem has them, chains rl0, rl1, rl0, rl1: 2 distinct
+    assert res["data"]["distinct_correct"]["m"] == 4
+    d = res["data"]["distinct_correct"]["rl"]
+    assert (d["problems"], d["mean"], d["shared_with_base"]) == (1, 2.0, 0) and math.isnan(d["mean_shared"])
     # answers no training answer matches: a floor of zero, no warning
     res = sh.section(pps, runs, train_answers={"toy_arith": ["7"] * 10}, **common)
     assert res["floor"]["toy_arith"][4] == 0 and not res["warning"]
