@@ -218,17 +218,19 @@ def support_transitions(sup: pd.DataFrame, path: str | os.PathLike) -> Path:
     return savefig_atomic(fig, path)
 
 
-def kl_gain(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
-    """Each arm's pass@1 gain over the base against its KL(arm || base) per token, with 95% intervals."""
+def log_ratio_gain(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Each arm's pass@1 gain over the base against its mean log-ratio log p_arm − log p_base per token on its
+    own samples (pipeline.analysis.logratio), with 95% intervals."""
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     names = [r["model"] for r in rows]
     for r in rows:
-        xerr = [[r["kl_per_token"] - r["ci_low"]], [r["ci_high"] - r["kl_per_token"]]] if not math.isnan(r["ci_low"]) else None
+        x = r["log_ratio_per_token"]
+        xerr = [[x - r["ci_low"]], [r["ci_high"] - x]] if not math.isnan(r["ci_low"]) else None
         yerr = [[r["gain"] - r["gain_low"]], [r["gain_high"] - r["gain"]]] if not math.isnan(r["gain_low"]) else None
-        ax.errorbar([r["kl_per_token"]], [r["gain"]], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
+        ax.errorbar([x], [r["gain"]], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
                     color=color_of(r["model"], names), label=r["model"])
     ax.axhline(0, color="black", lw=0.5)
-    ax.set_xlabel("KL(arm || base) per token, on the arm's samples (nats)")
+    ax.set_xlabel("mean log p_arm − log p_base per token (T = 1), on the arm's samples (nats)")
     ax.set_ylabel("pass@1 gain over the base")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

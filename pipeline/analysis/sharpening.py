@@ -18,10 +18,10 @@ answers, the perplexity stage's scores):
 - net gains: an arm's pass@k minus the best of a comparison group (control arms with another reward,
   the base sampled at a lower temperature), paired over problems like every verdict. The best is picked
   by its point estimate, which favours the group: a net gain that excludes zero is conservative;
-- KL(arm || base) on the arm's own test samples: the mean over completion tokens of
-  log p_arm - log p_base, from the perplexity stage's scores of the same (problem, sample) pairs.
+- how far an arm moved: the mean log-ratio log p_arm - log p_base per completion token (both at T = 1) on
+  the arm's own evaluation samples, from the perplexity stage's scores (not a KL divergence: logratio.py).
 
-Support transitions are in pipeline/analysis/support.py, distinct chains in chains.py, the KL in logratio.py.
+Support transitions are in pipeline/analysis/support.py, distinct chains in chains.py, the log-ratio in logratio.py.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis.chains import CHAIN_M, canonical_chain, distinct_at_m, distinct_correct  # noqa: F401
-from pipeline.analysis.logratio import kl_to_base
+from pipeline.analysis.logratio import log_ratio_to_base
 from pipeline.analysis.family import Family, paired_p
 from pipeline.analysis.passk import paired_difference, paired_values, per_problem_passk, resample_weights
 from pipeline.analysis.support import SUPPORT, support_claims, support_transitions
@@ -120,7 +120,7 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
             out, judge: Callable[[list[str], dict, float], str], family: Family | None = None) -> dict[str, Any]:
     """Every analysis above for the report: {"markdown": [...], "warning": [...] (for the report's top),
     "metrics": [(name, value, step)], "data": {...}} and, in `out`, sharpening.json,
-    support_transitions.csv/.png and kl_gain.png. `arms` are the trained arms compared with the base,
+    support_transitions.csv/.png and log_ratio_gain.png. `arms` are the trained arms compared with the base,
     `controls` {arm: its control arms}, `sharpened` the base's lower-temperature rows, `runs` the loaded
     EvalRuns (pipeline.analysis.analyses). Every claim goes into `family` (pipeline.analysis.family): the
     paired differences through `judge(models, v, p)` (v: diff, ci_low, ci_high, mdd; p its p-value), which
@@ -264,23 +264,28 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
     data["net_gains"] = nets
 
     if ppl_records:
-        kls = [kl_to_base(ppl_records, a, n_boot=n_boot, seed=seed) for a in arms_present
-               if any(r["scorer"] == a for r in ppl_records)]
-        for k in kls:
+        drift = [log_ratio_to_base(ppl_records, a, n_boot=n_boot, seed=seed) for a in arms_present
+                 if any(r["scorer"] == a for r in ppl_records)]
+        for k in drift:
             d, lo, hi, _, _ = paired_difference(pp[k["model"]], base, 1, 1, n_boot=n_boot, seed=seed)
             k.update(gain=d, gain_low=lo, gain_high=hi)
-            metrics.append((f"summary/kl_to_base_{k['model']}", k["kl_per_token"], 0))
-        if kls:
-            plots.kl_gain(kls, out / "kl_gain.png")
+            metrics.append((f"summary/log_ratio_to_base_{k['model']}", k["log_ratio_per_token"], 0))
+        if drift:
+            plots.log_ratio_gain(drift, out / "log_ratio_gain.png")
             md += ["", "### How far each arm moved from the base", "",
-                   "KL(arm ‖ base) on the arm's own test samples: the mean over completion tokens of log p_arm − "
-                   "log p_base, on the perplexity stage's (problem, sample) pairs (drawn at the evaluation's "
-                   "temperature and top_p), with a 95% bootstrap interval over the pairs.", "",
-                   "![pass@1 gain against KL](kl_gain.png)", ""]
-            md += _table(["arm", "pairs", "KL per token [95% CI]", "KL per completion", "pass@1 gain over base [95% CI]"],
-                         [[k["model"], k["pairs"], f"{k['kl_per_token']:.4f}{_ci(k['ci_low'], k['ci_high'], '.4f')}",
-                           f"{k['kl_per_sequence']:.3f}", f"{k['gain']:+.3f}{_ci(k['gain_low'], k['gain_high'])}"] for k in kls])
-        data["kl"] = kls
+                   "The mean log-ratio log p_arm − log p_base per completion token, both models scoring at temperature 1, "
+                   "on the arm's own evaluation samples (the perplexity stage's (problem, sample) pairs, drawn at the "
+                   "evaluation's temperature and top_p). It is not KL(arm ‖ base): the samples do not come from p_arm at "
+                   "temperature 1, so it can differ from that KL either way and can be negative. 95% bootstrap interval "
+                   "over problems (a problem's pairs resampled together).", "",
+                   "![pass@1 gain against the log-ratio](log_ratio_gain.png)", ""]
+            md += _table(["arm", "pairs (problems)", "log-ratio per token [95% CI]", "log-ratio per completion",
+                          "pass@1 gain over base [95% CI]"],
+                         [[k["model"], f"{k['pairs']} ({k['problems']})",
+                           f"{k['log_ratio_per_token']:.4f}{_ci(k['ci_low'], k['ci_high'], '.4f')}",
+                           f"{k['log_ratio_per_sequence']:.3f}", f"{k['gain']:+.3f}{_ci(k['gain_low'], k['gain_high'])}"]
+                          for k in drift])
+        data["log_ratio"] = drift
     if own_family:
         family.decide()
         md, warn = [family.fill(x) for x in md], [family.fill(x) for x in warn]

@@ -132,17 +132,90 @@ def test_net_gain_against_the_best_of_a_group():
     assert g["diff"] == pytest.approx(10 / 16 - 5 / 16) and g["ci_low"] < g["diff"] < g["ci_high"]
 
 
-def test_kl_to_base_from_the_perplexity_records():
-    rec = [dict(scorer="base", source="rl", problem_id="a", sample_index=0, nll=5.0, num_tokens=3),
-           dict(scorer="rl", source="rl", problem_id="a", sample_index=0, nll=2.0, num_tokens=3),
-           dict(scorer="base", source="rl", problem_id="b", sample_index=1, nll=3.0, num_tokens=1),
-           dict(scorer="rl", source="rl", problem_id="b", sample_index=1, nll=1.0, num_tokens=1),
-           dict(scorer="base", source="base", problem_id="a", sample_index=0, nll=9.0, num_tokens=3)]
-    k = sh.kl_to_base(rec, "rl", n_boot=200)
-    assert k["pairs"] == 2 and k["kl_per_token"] == pytest.approx((3 + 2) / 4) and k["kl_per_sequence"] == pytest.approx(2.5)
-    assert k["ci_low"] <= k["kl_per_token"] <= k["ci_high"]
+def test_log_ratio_to_base_from_the_perplexity_records():
+    from pipeline.analysis.logratio import log_ratio_to_base
+
+    def pair(pid, j, base_nll, own_nll, tokens):
+        return [dict(scorer="base", source="rl", problem_id=pid, sample_index=j, nll=base_nll, num_tokens=tokens),
+                dict(scorer="rl", source="rl", problem_id=pid, sample_index=j, nll=own_nll, num_tokens=tokens)]
+
+    # problem a: two samples, log-ratio sums 3 (3 tokens) and 0 (1 token); problem b: one sample, 2 (1 token)
+    rec = pair("a", 0, 5.0, 2.0, 3) + pair("a", 1, 1.0, 1.0, 1) + pair("b", 2, 3.0, 1.0, 1)
+    rec.append(dict(scorer="base", source="base", problem_id="a", sample_index=0, nll=9.0, num_tokens=3))
+    k = log_ratio_to_base(rec, "rl", n_boot=2000)
+    assert (k["pairs"], k["problems"]) == (3, 2) and k["log_ratio_per_token"] == pytest.approx(5 / 5)
+    assert k["log_ratio_per_sequence"] == pytest.approx(5 / 3)
+    # resampling problems: a alone gives 3/4, b alone 2/1, both 5/5, so the interval is [0.75, 2.0]; resampling
+    # pairs (the old interval) drew sample a1 alone (ratio 0) 1 time in 27 and reached down to 0
+    assert (k["ci_low"], k["ci_high"]) == (0.75, 2.0)
     with pytest.raises(ValueError, match="no \\(problem, sample\\) pair"):
-        sh.kl_to_base(rec, "sft")
+        log_ratio_to_base(rec, "sft")
+
+
+@pytest.mark.slow  # two tiny models, 4,000 samples scored by enumeration
+def test_the_log_ratio_is_what_its_name_says_on_a_tiny_model_by_enumeration():
+    """Two tiny Llamas (arm, base) and every two-token completion of one prompt: the exact expectation of
+    log p_arm − log p_base (T = 1) per token under the arm's sampling distribution (T = 0.6, top_p 0.95) is
+    what log_ratio_to_base estimates from samples drawn that way (scored by the perplexity stage's `score`),
+    and it is not KL(p_arm ‖ p_base), which the report used to call it."""
+    import torch
+
+    from pipeline.analysis.logratio import log_ratio_to_base
+    from pipeline.sampling.engine import nucleus
+    from pipeline.stages.perplexity import score
+    from pipeline.toyworld.model import build_model, build_tokenizer
+    from tasks.base import encode_prompt
+
+    tok = build_tokenizer(())
+    models = {}
+    for name, seed in (("rl", 1), ("base", 2)):
+        m = build_model(tok, hidden=32, layers=1, seed=seed).eval()
+        with torch.no_grad():
+            m.model.norm.weight.mul_(8.0)  # peaked next-token distributions, as a trained model's
+        models[name] = m
+    prompt = "1+2="
+    ids = encode_prompt(tok, prompt)
+    V = len(tok)
+
+    def logp(m):  # [V] first token, [V, V] second token given the first, at T = 1 (and the raw logits)
+        with torch.no_grad():
+            first = m(torch.tensor([ids])).logits[0, -1]
+            second = m(torch.tensor([ids + [v] for v in range(V)])).logits[:, -1]
+        return first, second
+
+    def sampling(logits, T=0.6, top_p=0.95):
+        p = torch.softmax(logits / T, -1)
+        sp, si = p.sort(-1, descending=True)
+        keep = torch.zeros_like(p, dtype=torch.bool).scatter(-1, si, nucleus(sp, top_p))
+        q = torch.where(keep, p, 0.0)
+        return (q / q.sum(-1, keepdim=True)).double()
+
+    (a1, a2), (b1, b2) = logp(models["rl"]), logp(models["base"])
+    la1, la2, lb1, lb2 = (torch.log_softmax(x.double(), -1) for x in (a1, a2, b1, b2))
+    ratio = (la1 - lb1)[:, None] + (la2 - lb2)  # [y1, y2]: log p_arm(y) − log p_base(y), two tokens
+    q = sampling(a1)[:, None] * sampling(a2)  # the arm's sampling distribution of (y1, y2)
+    p_arm = la1.exp()[:, None] * la2.exp()
+    exact = float((q * ratio).sum() / 2)
+    kl = float((p_arm * ratio).sum() / 2)  # KL(p_arm ‖ p_base) per token
+
+    rng = np.random.default_rng(0)
+    flat = rng.choice(V * V, size=4000, p=(q / q.sum()).flatten().numpy())
+    y1, y2 = flat // V, flat % V
+    rec = []
+    for i, (u, v) in enumerate(zip(y1, y2)):
+        for name, (l1, l2) in (("rl", (la1, la2)), ("base", (lb1, lb2))):
+            rec.append(dict(scorer=name, source="rl", problem_id=f"p{i // 4}", sample_index=i,
+                            nll=-float(l1[u] + l2[u, v]), num_tokens=2))
+    k = log_ratio_to_base(rec, "rl", n_boot=500)
+    se = (k["ci_high"] - k["ci_low"]) / 3.92
+    assert abs(k["log_ratio_per_token"] - exact) < 4 * se and k["ci_low"] <= exact <= k["ci_high"], (k, exact)
+    assert abs(kl - exact) > 10 * se, (kl, exact, se)  # not the KL it was named
+    # the records are the perplexity stage's: its teacher-forced scores of plain-character samples agree
+    chars = [(int(u), int(v)) for u, v in zip(y1, y2) if tok(tok.decode([u, v]), add_special_tokens=False)["input_ids"] == [u, v]][:16]
+    assert len(chars) >= 4
+    for name, (l1, l2) in (("rl", (la1, la2)), ("base", (lb1, lb2))):
+        got = score(models[name], tok, [prompt] * len(chars), [tok.decode(list(c)) for c in chars])
+        assert [g.nll for g in got] == pytest.approx([-float(l1[u] + l2[u, v]) for u, v in chars], abs=1e-4)
 
 
 def test_control_rewards():

@@ -42,10 +42,10 @@ def test_report_files_and_verdicts(smoke):
     assert not health["rl"]["learned"] and not health["rl"]["judged"]
     assert "**Warning: the rl run was not judged**" in md and "| nan |" not in md
     assert verdicts["rl_vs_base_pass1"]["verdict"].startswith("inconclusive: the rl run was not judged (rl: not judged")
-    # the sharpening section on the default arms: crossovers, the guessing floor, support transitions, KL
+    # the sharpening section on the default arms: crossovers, the guessing floor, support transitions, the log-ratio
     sharp = json.loads((rep / "sharpening.json").read_text())
     assert set(sharp["crossover"]) == {"sft", "rl"} and set(sharp["guesser"]) == {"toy_arith"}
-    assert {r["arm"] for r in sharp["support"]} == {"sft", "rl"} and {k["model"] for k in sharp["kl"]} == {"sft", "rl"}
+    assert {r["arm"] for r in sharp["support"]} == {"sft", "rl"} and {k["model"] for k in sharp["log_ratio"]} == {"sft", "rl"}
     assert all(sum(r[c] for c in ("preserved", "expanded", "shrunk", "out_of_support")) == r["problems"] for r in sharp["support"])
     assert "## Sharpening or new capability?" in md and (rep / "support_transitions.png").is_file()
     # the verifier runs in a stage process, not in the Luigi worker
