@@ -60,8 +60,8 @@ def _first_at_least(diff: np.ndarray) -> np.ndarray:
 
 def crossover(base: pd.DataFrame, arm: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The smallest k at which pass@k(base) >= pass@k(arm), k = 1..K with K the smaller sample count:
-    {k (None: no crossover up to K), ci_low, ci_high (None: beyond K), k_limit K, share of resamples
-    with a crossover, arm_leads_at_1}. The interval is the CROSSOVER_TAIL and 1 - CROSSOVER_TAIL percentiles
+    {k (None: no crossover up to K, or no lead: arm_leads_at_1 False, when nothing else is computed), ci_low,
+    ci_high (None: beyond K), k_limit K, share of resamples with a crossover, arm_leads_at_1}. The interval is the CROSSOVER_TAIL and 1 - CROSSOVER_TAIL percentiles
     (order statistics) of the crossover over problem resamples; a bound past K means no crossover in that tail."""
     m = _merge(base, arm)
     K = int(min(m["n_a"].min(), m["n_b"].min()))
@@ -70,14 +70,24 @@ def crossover(base: pd.DataFrame, arm: pd.DataFrame, n_boot: int = 1000, seed: i
     va = per_problem_passk(m["n_b"].to_numpy(), m["correct_b"].to_numpy(), ks)
     diff = vb - va
     k = _first_at_least(diff.mean(axis=0)[None])[0]
-    out: dict[str, Any] = dict(k=None if math.isinf(k) else int(k), k_limit=K, problems=len(m),
-                               arm_leads_at_1=bool(diff[:, 0].mean() < 0), ci_low=None, ci_high=None, share_crossing=None)
+    leads = bool(diff[:, 0].mean() < 0)
+    out: dict[str, Any] = dict(k=None if math.isinf(k) or not leads else int(k), k_limit=K, problems=len(m),
+                               arm_leads_at_1=leads, ci_low=None, ci_high=None, share_crossing=None)
+    if not leads:  # no lead to lose: nothing crosses (a crossover "at k = 1" would read as one)
+        return out
     if n_boot > 0 and len(m) > 1:
         boots = _first_at_least(resample_weights(len(m), n_boot, seed) @ diff / len(m))
         lo, hi = np.percentile(boots, [100 * CROSSOVER_TAIL, 100 * (1 - CROSSOVER_TAIL)], method="inverted_cdf")
         out.update(ci_low=None if math.isinf(lo) else int(lo), ci_high=None if math.isinf(hi) else int(hi),
                    share_crossing=float(np.isfinite(boots).mean()))
     return out
+
+
+def crossover_cell(c: Mapping[str, Any] | None) -> str:
+    """A study table's short form: the k, "none up to K" or "no lead" (n/a without a crossover record)."""
+    if c is None:
+        return "n/a"
+    return "no lead" if not c["arm_leads_at_1"] else f"none up to {c['k_limit']}" if c["k"] is None else str(c["k"])
 
 
 def crossover_words(c: Mapping[str, Any]) -> str:
@@ -148,6 +158,8 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
                  [[a, f"{_mean(pp[a], 1) - _mean(base, 1):+.3f}", crossover_words(c),
                    "n/a" if c["share_crossing"] is None else f"{c['share_crossing']:.0%}"] for a, c in cross.items()])
     for a, c in cross.items():
+        if not c["arm_leads_at_1"]:  # no lead: no crossover to find, so no crossover metric either
+            continue
         metrics.append((f"summary/crossover_found_{a}", float(c["k"] is not None), 0))
         if c["k"] is not None:
             metrics.append((f"summary/crossover_k_{a}", float(c["k"]), 0))

@@ -32,7 +32,7 @@ import luigi
 import numpy as np
 import pandas as pd
 
-from pipeline.analysis import plots
+from pipeline.analysis import plots, sharpening
 from pipeline.arms import arms
 from pipeline.analysis.passk import per_problem_passk, resample_weights
 from pipeline.config import ConfigError, ExperimentConfig
@@ -274,9 +274,9 @@ def sharpening_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, reports:
             def each(get) -> str:
                 return ", ".join(str(get(data[m])) for m in members)
 
-            cross = each(lambda d: (d["crossover"].get(model) or {}).get("k", "n/a") if model in d["crossover"] else "n/a")
-            support = {c: each(lambda d, c=c: next((r[c] for r in d.get("support", []) if r["arm"] == model
-                                                    and r["level"] == "all"), "n/a")) for c in ("expanded", "shrunk")}
+            cross = each(lambda d: sharpening.crossover_cell(d["crossover"].get(model)))
+            support = {c: each(lambda d, c=c: next((f"{r[c]} ({r[c + '_null']:.1f})" for r in d.get("support", [])
+                                                    if r["arm"] == model and r["level"] == "all"), "n/a")) for c in ("expanded", "shrunk")}
             net = each(lambda d: next((f"{g_['diff']:+.3f}" for g_ in d["net_gains"] if g_["arm"] == model
                                        and g_["kind"] == "controls" and g_["k"] == 1), "n/a"))
             rows.append({**dict(zip(axes, key)), "model": model, "seeds": len(members), "pass_at_1": cells[0][1][0],
@@ -284,8 +284,9 @@ def sharpening_table(df: pd.DataFrame, axes: list[str], pp: PerProblem, reports:
             md_rows.append(list(key) + [model, str(len(members)), cells[0][0], cells[1][0], cross, support["expanded"],
                                         support["shrunk"], net])
     md = ["## Sharpening or new capability", "", f"pass@k cells: {CI_WORDS}. The other columns list each seed's value "
-          "(members' report section \"Sharpening or new capability?\": crossover k with no crossover up to n read "
-          "\"None\", problems only the model / only the base solves at k_max, pass@1 net of the best control arm).", ""]
+          "(members' report section \"Sharpening or new capability?\": crossover k, \"none up to n\" or \"no lead\" "
+          "for a model whose pass@1 is not above the base's; problems only the model / only the base solves with all n samples, "
+          "each beside, in brackets, the count the same model evaluated twice gives by chance; pass@1 net of the best control arm).", ""]
     md += _md_table([a.removeprefix("sweep.") for a in axes] + ["model", "seeds", "pass@1", f"pass@{k_max}", "crossover k",
                                                                  "expanded", "shrunk", "net gain vs controls (pass@1)"], md_rows)
     return pd.DataFrame(rows), md

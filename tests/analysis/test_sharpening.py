@@ -24,8 +24,9 @@ def test_crossover_on_known_counts():
     c = sh.crossover(pp([0, 1]), pp([4, 4]), n_boot=0)
     assert c["k"] is None and "no crossover up to k = 4" in sh.crossover_words(c)
     # an arm behind at k = 1 has no lead to lose
-    c = sh.crossover(pp([2, 2]), pp([1, 1]), n_boot=0)
-    assert c["k"] == 1 and not c["arm_leads_at_1"] and "no lead" in sh.crossover_words(c)
+    c = sh.crossover(pp([2, 2]), pp([1, 1]), n_boot=200)
+    assert c["k"] is None and not c["arm_leads_at_1"] and "no lead" in sh.crossover_words(c)
+    assert sh.crossover_cell(c) == "no lead" and c["ci_low"] is None
 
 
 def test_crossover_interval_covers_and_reports_a_tail_beyond_n():
@@ -266,6 +267,10 @@ def test_section_warns_of_a_high_guessing_floor_and_nets_controls(tmp_path):
     # guessing from training answers that are mostly "2": pass@4 of the guesser 0.5 + ... >= half the base's 0.75
     res = sh.section(pps, runs, train_answers={"toy_arith": ["2"] * 9 + ["3"]}, **common)
     floor = res["floor"]["toy_arith"]
+    # rl_random's pass@1 is below the base's: no lead, so no crossover is logged as found (it was "k = 1")
+    metric = {k: v for k, v, _ in res["metrics"]}
+    assert metric["summary/crossover_found_rl"] == 1 and "summary/crossover_found_rl_random" not in metric
+    assert "summary/crossover_k_rl_random" not in metric and res["data"]["crossover"]["rl_random"]["k"] is None
     assert floor[1] == pytest.approx((0.9 + 0.9 + 0.1 + 0) / 4) and res["warning"] and "guessing floor is high" in res["warning"][0]
     assert [(g["arm"], g["kind"], g["k"], g["best"]) for g in res["data"]["net_gains"]] == [
         ("rl", "controls", 1, "rl_random"), ("rl", "controls", 4, "rl_random")]
