@@ -233,11 +233,12 @@ def passk_by_difficulty(runs: Mapping[str, EvalRun], ks: list[int] | None = None
     return pd.DataFrame(rows, columns=["model", "difficulty", "k", "pass_at_k", "num_problems"])
 
 
-def dse(runs: Mapping[str, EvalRun], base: str = "base") -> dict[str, dict[str, float]]:
-    """dSE = base pass@k_max - model pass@1 for every model but the base (lower is better), where
-    k_max is the base's sample count n (its smallest, if problems differ)."""
+def dse(runs: Mapping[str, EvalRun], base: str = "base", ks: list[int] | None = None) -> dict[str, dict[str, float]]:
+    """dSE = base pass@k_max - model pass@1 for every model but the base (lower is better), where k_max is the
+    largest of `ks` (the report's ks, so the same k as its tables and the study's), else the base's sample count
+    n (its smallest, if problems differ)."""
     b = runs[base]
-    k_max = int(b.per_problem["n"].min())
+    k_max = min(max(ks), int(b.per_problem["n"].min())) if ks else int(b.per_problem["n"].min())
     base_top = _mean_passk(b.per_problem["n"], b.per_problem["correct"], k_max)
     out = {}
     for m, r in runs.items():
@@ -326,7 +327,7 @@ def analyze(evals: Mapping[str, str | os.PathLike | EvalRun], out_dir: str | os.
     cov = coverage(runs, base)
     hist = accuracy_histogram(runs)
     by_diff = passk_by_difficulty(runs, ks)
-    gap = dse(runs, base)
+    gap = dse(runs, base, ks)
     reasoning = reasoning_check(runs, ks, tasks)
 
     files = {

@@ -83,8 +83,10 @@ def analysis_markdown(a: dict) -> str:
             lines.append(f"- … {len(items) - 10} more in coverage.json")
     lines += ["", "## Per-problem accuracy", "", "![accuracy histogram](accuracy_histogram.png)", "",
               "## pass@k by difficulty", "", "![pass@k by difficulty](passk_by_difficulty.png)", "",
-              "## Sampling-efficiency gap", "", "dSE = base pass@k_max − model pass@1 (lower is better).", ""]
-    lines += _table(["model", "base pass@k_max", "model pass@1", "dSE"],
+              "## Sampling-efficiency gap", ""]
+    k = next(iter(a["dse"].values()), {}).get("k_max", "k_max")
+    lines += [f"dSE = base pass@{k} − model pass@1 (lower is better).", ""]
+    lines += _table(["model", f"base pass@{k}", "model pass@1", "dSE"],
                     [[m, v["base_pass_at_kmax"], v["pass_at_1"], v["dse"]] for m, v in a["dse"].items()])
     if a.get("reasoning"):
         lines += ["", "## Answer vs reasoning", "",

@@ -153,7 +153,9 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
     md += ["### Where the curves cross", "",
            "The smallest k at which the base's pass@k is at least the arm's, with a bootstrap interval over "
            f"problems (its {CROSSOVER_TAIL:.0%} and {1 - CROSSOVER_TAIL:.0%} percentiles: in simulation it missed the true crossover "
-           f"3% of the time; at 2.5% and 97.5% it missed 5.5%); k runs to n = {k_max}, the largest k these samples can show a crossover at.", ""]
+           f"3% of the time; at 2.5% and 97.5% it missed 5.5%); k runs to n = {int(base['n'].min())}, the samples per problem, "
+           "the largest k these samples can show a crossover at (beyond the report's largest k where eval.ks stops short of n). "
+           "An arm whose pass@1 is not above the base's has no lead to lose.", ""]
     md += _table(["arm", "pass@1 lead over base", "crossover", "resamples with a crossover"],
                  [[a, f"{_mean(pp[a], 1) - _mean(base, 1):+.3f}", crossover_words(c),
                    "n/a" if c["share_crossing"] is None else f"{c['share_crossing']:.0%}"] for a, c in cross.items()])

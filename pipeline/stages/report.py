@@ -124,7 +124,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     nb, seed = cfg.eval.bootstrap, cfg.seed
     health = training_health(train_logs or {}, out, cfg.seed, cfg.health.min_gain)
     runs = load_evals(evals)
-    analysis = analyze(runs, out, tasks=build_tasks(cfg.tasks))
+    analysis = analyze(runs, out, ks=sorted(int(k) for k in passk["k"].unique()), tasks=build_tasks(cfg.tasks))
     family = Family()  # every claim of this report, adjusted together (pipeline.analysis.family)
     sharp = sharpening_section(cfg, pp, runs, k_max, passk["k"].unique(), train_problems, ppl_dir, analysis, health, out,
                                family)

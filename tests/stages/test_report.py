@@ -191,3 +191,21 @@ def test_three_math_benchmarks_are_reported_apart(tmp_path, toyworld):
     assert (strict1, strict4) == (round(11 / 36, 3), round(4 / 9, 3))
     assert lenient1 > strict1 and lenient4 > strict4
     assert "| rl | 1.000 | 1.000 | 1.000 | 1.000 |" in grader
+
+
+def test_a_largest_k_below_n_is_named_as_such(tmp_path, toyworld, evals):
+    """eval.ks stopping at 4 of n = 10 samples: dSE in analysis.json uses pass@4 (the study's k too), the
+    crossover says it runs to n = 10, and the support classes say they use all 10 samples."""
+    short = {}
+    for m, d in evals.items():
+        short[m] = tmp_path / "evals" / m
+        shutil.copytree(d, short[m])
+        pk = pd.read_csv(d / "passk.csv")
+        pk[pk["k"] <= 4].to_csv(short[m] / "passk.csv", index=False)
+    out, _ = report(tmp_path, cfg_for(tmp_path, toyworld, eval={"n": N, "ks": [1, 2, 4], "bootstrap": 1000}), short)
+    gap = json.loads((out / "analysis.json").read_text())["dse"]["rl"]
+    base_4 = sum(pass_at_k(N, c, 4) for c in BASE) / 12
+    assert gap["k_max"] == 4 and gap["dse"] == pytest.approx(base_4 - 1.0)
+    md = (out / "report.md").read_text()
+    assert "dSE = base pass@4 − model pass@1" in md and f"k runs to n = {N}, the samples per problem" in md
+    assert f"### Support transitions with all n = {N} samples" in md and "at k = 4" not in md
