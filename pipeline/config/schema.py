@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config.models import check_model_ref
+from pipeline.core.models import check_model_ref
 
 MIN_BOOTSTRAP = 100
 
@@ -259,7 +259,8 @@ class _Experiment(Strict):
     def identity_of(self, dotted: str) -> Any:
         """What a config part contributes to a stage hash: its value, except that a model counts by
         its content (or hub revision) and tasks by their specs plus their code's version."""
-        from pipeline.core.identity import model_fingerprint, task_version
+        from pipeline.core.identity import task_version
+        from pipeline.core.models import model_fingerprint
 
         value = self.get(dotted)
         if dotted in ("base_model", "teacher_model"):

@@ -66,7 +66,8 @@ class Stage(luigi.Task):
     def conversions(self) -> dict[str, "ConvertModel"]:
         """A GGUF model reference is converted once, upstream of every stage that loads it. The
         conversion is not part of the stage's key: the stage already hashes the GGUF file itself."""
-        from pipeline.stages.convert import ConvertModel, is_gguf  # ConvertModel is a Stage: imported here (a cycle at the top)
+        from pipeline.core.models import is_gguf
+        from pipeline.stages.convert import ConvertModel  # ConvertModel is a Stage: imported here (a cycle at the top)
 
         return {w: ConvertModel(self.config, self.overrides, ref=self.cfg.get(w)) for w in self.reads_models
                 if is_gguf(self.cfg.get(w))}

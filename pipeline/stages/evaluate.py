@@ -150,7 +150,7 @@ def identity(model: str, problems: list[Problem], prompts: list[str], gen: Gener
     """What decides sample j of every problem on cb, whatever n: the model's content, the prompts, the
     seed and the sampling settings. None off cb (hf and vLLM cannot draw sample j alone) or for a hub
     model whose revision is unknown."""
-    from pipeline.core.identity import model_fingerprint
+    from pipeline.core.models import model_fingerprint
     from pipeline.sampling.backends import resolve_dtype
 
     if resolve_backend(gen.backend) != "cb":
@@ -340,7 +340,7 @@ class Evaluate(Stage):
     @cached_property
     def key(self) -> str:
         ref = {"base": "base_model", "teacher": "teacher_model"}.get(self.model)
-        sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.core.identity)
+        sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.core.models)
         name = [self.model, self.step] if self.step else [self.model, "T", self.temperature] if self.temperature else self.model
         return self.cfg.section_hash(*sections, extra=[name, {k: t.key for k, t in self.upstream().items()}])
 

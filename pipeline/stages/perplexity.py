@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from tasks.base import encode_prompt
 from pipeline.analysis import plots
 from pipeline.arms import enabled_arms
-from pipeline.config import ExperimentConfig, check_model_ref
+from pipeline.config import ExperimentConfig
+from pipeline.core.models import check_model_ref
 from pipeline.analysis.analyses import EvalRun, _jsonable, _same_problems, load_evals, write_json_atomic
 from pipeline.core import tracking
 from pipeline.core.io import atomic_dir, write_jsonl
