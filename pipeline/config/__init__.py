@@ -4,7 +4,7 @@ on first use from the registered arms (their sections), and an arm's section mod
 class name (e.g. `from pipeline.config import RLConfig`), both through `__getattr__`."""
 from pipeline.core.models import HUB_ID, check_model_dir, check_model_ref, tokenizer_mismatch  # noqa: F401
 from pipeline.config.schema import (  # noqa: F401
-    MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, Strict, TaskSpec,
+    MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, OutsideModel, Strict, TaskSpec,
     TracesConfig, TrackingConfig, _format_error, experiment_config, load_config, parse_config, set_dotted,
 )
 

@@ -80,7 +80,7 @@ class Stage(luigi.Task):
     def stage_config(self) -> ExperimentConfig:
         """The config written beside the stage's output and read by its process: model references
         resolved to what the process loads."""
-        return self.cfg.model_copy(update={w: self.model_ref(w) for w in self.conversions()})
+        return self.cfg.with_refs({w: self.model_ref(w) for w in self.conversions()})
 
     @cached_property
     def key(self) -> str:
