@@ -93,3 +93,13 @@ def test_the_paper_zoo_names_the_published_checkpoints_by_hub_id(monkeypatch):
                                             "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}
     assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.n) == (0.6, 0.95, 128)
     assert problems_for(cfg.tasks, "train") == [] and len(problems_for(cfg.tasks, "test")) == 570
+
+
+def test_the_papers_other_pairs_validate_as_overrides_of_the_zoo(monkeypatch):
+    """The pairs configs/paper-zoo.yaml's comment names, each a study of its own base."""
+    monkeypatch.chdir(ROOT)
+    for base, ref in (("Qwen/Qwen2.5-7B", "hkust-nlp/Qwen-2.5-7B-SimpleRL-Zoo"),
+                      ("meta-llama/Llama-3.1-8B", "hkust-nlp/Llama-3.1-8B-SimpleRL-Zoo"),
+                      ("Qwen/Qwen2.5-32B", "BytedTsinghua-SIA/DAPO-Qwen-32B")):
+        cfg = load_config("configs/paper-zoo.yaml", {"base_model": base, **outside({**ONE, "ref": ref})})
+        assert rows(cfg) == ["zoo"] and cfg.outside[0].ref == ref
