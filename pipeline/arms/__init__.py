@@ -127,3 +127,25 @@ def enabled_arms(cfg) -> list[str]:
 
 def is_arm(model: str) -> bool:
     return model in arms()
+
+
+# The rows of a study: what the report and the analyses set against the base. An outside model (a published
+# checkpoint, config `outside:`) is not an arm: it is evaluated, never trained here; but every table,
+# analysis and verdict that has a row for an arm has one for it, so the code that loops over arms loops here.
+def rows(cfg) -> list[str]:
+    """Every enabled arm, then every outside model, by name."""
+    return [*enabled_arms(cfg), *(o.name for o in cfg.outside)]
+
+
+def is_outside(cfg, model: str) -> bool:
+    return any(o.name == model for o in cfg.outside)
+
+
+def row_verdicts(cfg) -> list[tuple[str, str, str, object, object]]:
+    """(name, a, b, k_a, k_b) of every verdict (`Arm.verdicts`): each arm's own, then each outside model's
+    against its `from` model, the RL arm's two: its pass@1 lead, and the from model's pass@k_max lead."""
+    out = [v for arm in arms().values() for v in arm.verdicts]
+    for o in cfg.outside:
+        f = o.trained_from
+        out += [(f"{o.name}_vs_{f}_pass1", o.name, f, 1, 1), (f"{f}_vs_{o.name}_kmax", f, o.name, "max", "max")]
+    return out

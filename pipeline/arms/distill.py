@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.arms import Arm
-from pipeline.config.models import tokenizer_mismatch
+from pipeline.core.models import tokenizer_mismatch
 from pipeline.config.schema import Strict
 from pipeline.arms.trl_patches import with_our_prompt_encoding
 from pipeline.arms.common import (TrainInputError, build_args, cli, common_fields, finish, load_problems, resume_point,

@@ -1,10 +1,10 @@
-"""The experiment config (schema.py; model references checked by models.py) and sweeps (sweep.py). The schema's names are re-exported here,
+"""The experiment config (schema.py; model references checked by pipeline/core/models.py) and sweeps (sweep.py). The schema's names are re-exported here,
 so `from pipeline.config import ExperimentConfig, load_config` keeps working. ExperimentConfig is built
 on first use from the registered arms (their sections), and an arm's section model is found by its
 class name (e.g. `from pipeline.config import RLConfig`), both through `__getattr__`."""
-from pipeline.config.models import HUB_ID, check_model_dir, check_model_ref, tokenizer_mismatch  # noqa: F401
+from pipeline.core.models import HUB_ID, check_model_dir, check_model_ref, tokenizer_mismatch  # noqa: F401
 from pipeline.config.schema import (  # noqa: F401
-    MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, Strict, TaskSpec,
+    MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, OutsideModel, Strict, TaskSpec,
     TracesConfig, TrackingConfig, _format_error, experiment_config, load_config, parse_config, set_dotted,
 )
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config.models import check_model_ref
+from pipeline.core.models import check_model_ref
 
 MIN_BOOTSTRAP = 100
 
@@ -201,6 +201,20 @@ class ComputeConfig(Strict):
     eval_shard_problems: int = Field(32, ge=1)
 
 
+class OutsideModel(Strict):
+    """A model the study evaluates but does not train (a published checkpoint): a row of every table,
+    analysis and verdict, compared with the model it was trained from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")  # its name in every table, plot and verdict
+    ref: str  # a model directory, a hub id org/name, a .gguf file or package:<package>/<file>.gguf
+    trained_from: str = Field("base", alias="from")  # base, or an outside model listed before it
+    label: str = Field(min_length=1)  # what it is, e.g. "GRPO, SimpleRL-Zoo"
+
+    _check_ref = field_validator("ref")(classmethod(lambda cls, v: check_model_ref(v)))
+
+
 class _Head(Strict):
     """ExperimentConfig's fields before the arms' sections (each registered arm's `config`, under its
     name: pipeline.arms), in the order of a config dump."""
@@ -212,6 +226,8 @@ class _Head(Strict):
     seed: int = 0
     base_model: str
     teacher_model: str | None = None
+    # models evaluated but not trained here (published checkpoints), each compared with its `from` model
+    outside: list[OutsideModel] = Field(default_factory=list)
     tasks: list[TaskSpec] = Field(min_length=1)
     traces: TracesConfig = TracesConfig()
 
@@ -259,10 +275,11 @@ class _Experiment(Strict):
     def identity_of(self, dotted: str) -> Any:
         """What a config part contributes to a stage hash: its value, except that a model counts by
         its content (or hub revision) and tasks by their specs plus their code's version."""
-        from pipeline.core.identity import model_fingerprint, task_version
+        from pipeline.core.identity import task_version
+        from pipeline.core.models import model_fingerprint
 
         value = self.get(dotted)
-        if dotted in ("base_model", "teacher_model"):
+        if dotted in ("base_model", "teacher_model") or (dotted.startswith("outside.") and dotted.endswith(".ref")):
             return model_fingerprint(value)
         if dotted == "tasks":
             from tasks import build_tasks
@@ -271,10 +288,46 @@ class _Experiment(Strict):
         return _dump(value)
 
     def get(self, dotted: str) -> Any:
+        """A config part by its dotted path; in a list, a part names an item by its `name` (outside.<name>.ref)."""
         cur: Any = self
         for part in dotted.split("."):
-            cur = getattr(cur, part)
+            if isinstance(cur, list):
+                cur = next(x for x in cur if x.name == part) if not part.isdigit() else cur[int(part)]
+            else:
+                cur = getattr(cur, part)
         return cur
+
+    def model_field(self, model: str) -> str | None:
+        """The config field holding `model`'s reference: base_model, teacher_model, outside.<name>.ref; None
+        for a trained arm."""
+        fields = {"base": "base_model", "teacher": "teacher_model", **{o.name: f"outside.{o.name}.ref" for o in self.outside}}
+        return fields.get(model)
+
+    def with_refs(self, refs: dict[str, str]) -> "_Experiment":
+        """A copy with model references replaced, {field (as model_field names it): reference}."""
+        top = {k: v for k, v in refs.items() if "." not in k}
+        inner = {k.split(".")[1]: v for k, v in refs.items() if k.startswith("outside.")}
+        if inner:
+            top["outside"] = [o.model_copy(update={"ref": inner[o.name]}) if o.name in inner else o for o in self.outside]
+        return self.model_copy(update=top)
+
+    @model_validator(mode="after")
+    def _outside_names(self):
+        """An outside model's name is a row of its own: not base, teacher, a sharpened base, an arm or another
+        outside model; its `from` is the base or an outside model listed before it."""
+        from pipeline.arms import arms
+
+        taken = {"base": "the base model", "teacher": "the teacher",
+                 **{m: "a sharpened base row (eval.sharpened_temperatures)" for m in self.eval.sharpened_models()},
+                 **{a: "an arm" for a in arms()}}
+        for i, o in enumerate(self.outside):
+            if o.name in taken:
+                raise ValueError(f"outside[{i}].name: {o.name!r} is taken by {taken[o.name]} (expected another name)")
+            if o.trained_from != "base" and not any(p.name == o.trained_from for p in self.outside[:i]):
+                raise ValueError(f"outside[{i}].from: {o.trained_from!r} is not base or an outside model listed before "
+                                 f"{o.name!r} (expected the model it was trained from)")
+            taken[o.name] = f"outside[{i}]"
+        return self
 
     @model_validator(mode="after")
     def _arm_checks(self):

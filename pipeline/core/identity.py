@@ -1,11 +1,9 @@
-"""What a stage's identity is made of beyond the text of its config: the content of the models it
-reads, and the version of the code that makes problems and checks answers.
+"""What a stage's identity is made of beyond the text of its config: the version of the code that
+makes problems and checks answers (the content of the models it reads is pipeline.core.models'
+`model_fingerprint`).
 
-A path names a model but does not pin it: a rebuilt checkpoint at the same path, or a new hub
-revision, must not silently reuse traces, models and evaluations made with the old one. So a
-local model counts by the sha256 of its files, and a hub id by its revision. Likewise a change to
-a task's answer checking must invalidate the evaluations that used it, so a task counts by a
-fingerprint of its code and of the checker libraries it calls.
+A change to a task's answer checking must invalidate the evaluations that used it, so a task counts
+by a fingerprint of its code and of the checker libraries it calls.
 """
 from __future__ import annotations
 
@@ -13,64 +11,11 @@ import ast
 import hashlib
 import importlib.metadata
 import inspect
-import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-CHUNK = 1 << 20
 # libraries whose behaviour decides "is this answer correct"
 CHECKER_PACKAGES = ("math-verify", "reasoning-gym", "sympy", "latex2sympy2_extended")
-
-
-def model_fingerprint(ref: str | None) -> dict[str, Any] | None:
-    """{"content": sha256 of every file} for a local model directory; {"gguf": sha256} for a GGUF
-    file; {"hub": id, "revision": sha} for a hub id (the revision the hub serves now, else the one in
-    the local cache, else None)."""
-    if ref is None:
-        return None
-    from pipeline.stages.convert import gguf_path, is_gguf
-
-    if is_gguf(ref):  # a GGUF file counts by its content, wherever the package installed it
-        f = gguf_path(ref)
-        return {"gguf": _dir_digest(str(f.parent), ((f.name, f.stat().st_size, f.stat().st_mtime_ns),))}
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        stat = tuple((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-        return {"content": _dir_digest(str(p.resolve()), stat)}
-    return {"hub": ref, "revision": _hub_revision(ref)}
-
-
-@lru_cache(maxsize=64)
-def _dir_digest(root: str, stat: tuple) -> str:
-    """sha256 over (relative path, file sha256) of every file; cached per (root, sizes, mtimes), so
-    a DAG build hashes each model once however many stages read it."""
-    h = hashlib.sha256()
-    for rel, _size, _mtime in stat:
-        fh = hashlib.sha256()
-        with open(Path(root) / rel, "rb") as f:
-            while chunk := f.read(CHUNK):
-                fh.update(chunk)
-        h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
-    return h.hexdigest()
-
-
-@lru_cache(maxsize=64)
-def _hub_revision(repo_id: str) -> str | None:
-    if not os.environ.get("HF_HUB_OFFLINE"):
-        try:
-            from huggingface_hub import HfApi
-
-            return HfApi().model_info(repo_id, timeout=10).sha
-        except Exception:  # offline, private, unknown: fall back to what a load would find locally
-            pass
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True)).name  # snapshots/<commit sha>
-    except Exception:
-        return None
 
 
 def code_fingerprint(source: str) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.analysis import budget
 from pipeline.analysis.passk import PER_PROBLEM_COLUMNS
-from pipeline.arms import enabled_arms
+from pipeline.arms import rows
 from pipeline.config import load_config
 from pipeline.core import tracking
 from pipeline.core.io import atomic_dir, read_problems, write_jsonl
@@ -32,7 +32,7 @@ FILE = "per_problem_adaptive.csv"
 
 
 def pairs_of(models: list[str]) -> list[tuple[str, str]]:
-    """The pass@k_max verdicts: the base against each arm."""
+    """The pass@k_max verdicts: the base against each row (arm or outside model)."""
     return [("base", m) for m in models if m != "base"]
 
 
@@ -108,7 +108,7 @@ class Adaptive(Stage):
     resources = property(lambda self: _gpu(self.cfg))
 
     def upstream(self):
-        return {m: Evaluate(self.config, self.overrides, model=m) for m in ["base", *enabled_arms(self.cfg)]}
+        return {m: Evaluate(self.config, self.overrides, model=m) for m in ["base", *rows(self.cfg)]}
 
     def execute(self, tmp, run_id):
         evals = {m: Path(t.path) for m, t in self.input().items()}

@@ -66,7 +66,8 @@ class Stage(luigi.Task):
     def conversions(self) -> dict[str, "ConvertModel"]:
         """A GGUF model reference is converted once, upstream of every stage that loads it. The
         conversion is not part of the stage's key: the stage already hashes the GGUF file itself."""
-        from pipeline.stages.convert import ConvertModel, is_gguf  # ConvertModel is a Stage: imported here (a cycle at the top)
+        from pipeline.core.models import is_gguf
+        from pipeline.stages.convert import ConvertModel  # ConvertModel is a Stage: imported here (a cycle at the top)
 
         return {w: ConvertModel(self.config, self.overrides, ref=self.cfg.get(w)) for w in self.reads_models
                 if is_gguf(self.cfg.get(w))}
@@ -79,7 +80,7 @@ class Stage(luigi.Task):
     def stage_config(self) -> ExperimentConfig:
         """The config written beside the stage's output and read by its process: model references
         resolved to what the process loads."""
-        return self.cfg.model_copy(update={w: self.model_ref(w) for w in self.conversions()})
+        return self.cfg.with_refs({w: self.model_ref(w) for w in self.conversions()})
 
     @cached_property
     def key(self) -> str:

@@ -150,7 +150,7 @@ def identity(model: str, problems: list[Problem], prompts: list[str], gen: Gener
     """What decides sample j of every problem on cb, whatever n: the model's content, the prompts, the
     seed and the sampling settings. None off cb (hf and vLLM cannot draw sample j alone) or for a hub
     model whose revision is unknown."""
-    from pipeline.core.identity import model_fingerprint
+    from pipeline.core.models import model_fingerprint
     from pipeline.sampling.backends import resolve_dtype
 
     if resolve_backend(gen.backend) != "cb":
@@ -319,7 +319,8 @@ EVAL_SAMPLING = tuple(f"eval.{f}" for f in ("n", "ks", "temperature", "top_p", "
 
 
 class Evaluate(Stage):
-    model = luigi.Parameter(description="which model to evaluate: base, teacher or an arm (sft, rl, distill, ...)")
+    model = luigi.Parameter(description="which model to evaluate: base, teacher, an arm (sft, rl, distill, ...) or "
+                            "an outside model (config `outside:`)")
     step = luigi.IntParameter(default=0, description="an arm's snapshot at this training step (0: the final model)")
     temperature = luigi.FloatParameter(default=0.0, description="the base at this sampling temperature instead of "
                                        "eval.temperature (eval.sharpened_temperatures; 0: eval.temperature)")
@@ -333,20 +334,22 @@ class Evaluate(Stage):
             up["model"] = Train(self.config, self.overrides, arm=self.model)
         elif self.temperature and self.model != "base":
             raise SystemExit(f"error: Evaluate: a sampling temperature of its own is for the base (got model {self.model!r})")
-        elif self.model not in ("base", "teacher"):
-            raise SystemExit(f"error: Evaluate: model {self.model!r} is not base, teacher or an arm {sorted(arms())}")
+        elif self.cfg.model_field(self.model) is None:
+            raise SystemExit(f"error: Evaluate: model {self.model!r} is not base, teacher, an arm {sorted(arms())} or an "
+                             f"outside model {[o.name for o in self.cfg.outside]}")
         return up
 
     @cached_property
     def key(self) -> str:
-        ref = {"base": "base_model", "teacher": "teacher_model"}.get(self.model)
-        sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.core.identity)
+        ref = self.cfg.model_field(self.model)
+        sections = self.sections + ((ref,) if ref else ())  # the model counts by its content (pipeline.core.models)
         name = [self.model, self.step] if self.step else [self.model, "T", self.temperature] if self.temperature else self.model
         return self.cfg.section_hash(*sections, extra=[name, {k: t.key for k, t in self.upstream().items()}])
 
     @property
     def reads_models(self):
-        return {"base": ("base_model",), "teacher": ("teacher_model",)}.get(self.model, ())
+        ref = None if is_arm(self.model) else self.cfg.model_field(self.model)
+        return (ref,) if ref else ()
 
     @property
     def name(self) -> str:
@@ -367,11 +370,13 @@ class Evaluate(Stage):
         if is_arm(self.model):
             model = self.input()["model"].path + "/model"
             return model + f"/{SNAPSHOTS}/step-{self.step}" if self.step else model
-        return self.model_ref("base_model" if self.model == "base" else "teacher_model")
+        return self.model_ref(self.cfg.model_field(self.model))
 
     def lineage(self):
+        outside = ({"outside_ref": o.ref, "outside_from": o.trained_from, "outside_label": o.label}
+                   for o in self.cfg.outside if o.name == self.model)
         return {**super().lineage(), "model": self.name, "model_path": self.model_path(),
-                "base_model": self.cfg.base_model,
+                "base_model": self.cfg.base_model, **next(outside, {}),
                 **({"teacher_model": self.cfg.teacher_model} if self.model != "base" else {})}
 
     def execute(self, tmp, run_id):

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from tasks.base import encode_prompt
 from pipeline.analysis import plots
-from pipeline.arms import enabled_arms
-from pipeline.config import ExperimentConfig, check_model_ref
+from pipeline.arms import rows
+from pipeline.config import ExperimentConfig
+from pipeline.core.models import check_model_ref
 from pipeline.analysis.analyses import EvalRun, _jsonable, _same_problems, load_evals, write_json_atomic
 from pipeline.core import tracking
 from pipeline.core.io import atomic_dir, write_jsonl
@@ -314,10 +315,10 @@ class Perplexity(Stage):
 
 
 def report_models(cfg: ExperimentConfig) -> list[str]:
-    """The models a study compares: the base, the teacher (eval.include_teacher) and every enabled
-    arm; without a teacher there are no traces, so no SFT arm (the report says so)."""
+    """The models a study compares: the base, the teacher (eval.include_teacher) and every row (each enabled
+    arm, each outside model); without a teacher there are no traces, so no SFT arm (the report says so)."""
     teacher = ["teacher"] if cfg.teacher_model is not None and cfg.eval.include_teacher else []
-    return ["base", *teacher, *enabled_arms(cfg)]
+    return ["base", *teacher, *rows(cfg)]
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.analysis import plots
 from pipeline.analysis import budget, sharpening
 from pipeline.analysis.analyses import _jsonable, analyze, load_evals, write_json_atomic
-from pipeline.arms import arms, enabled_arms, get_arm, is_arm
+from pipeline.arms import arms, enabled_arms, get_arm, is_arm, row_verdicts, rows
 from pipeline.arms.common import LOG_HISTORY_FILE, snapshot_steps
 from pipeline.config import ExperimentConfig
 from pipeline.analysis.health import PROBE_FILE, check_arm, check_probe, describe, plot_arm, read_history
@@ -130,12 +130,11 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
                                family)
     plots.passk_curves(passk, out / "passk.png", f"{cfg.name}: pass@k on {len(next(iter(pp.values())))} test problems",
                        floor=sharp["floor"])
-    verdicts = []  # each arm's own comparisons (pipeline.arms), when both of its models are in the study
-    for arm in arms().values():
-        for name, a, b, k_a, k_b in arm.verdicts:
-            if a in pp and b in pp:
-                verdicts.append(verdict(name, a, b, k_max if k_a == "max" else k_a, k_max if k_b == "max" else k_b,
-                                        pp, nb, seed, health, family))
+    verdicts = []  # each row's comparisons (pipeline.arms.row_verdicts), when both of its models are in the study
+    for name, a, b, k_a, k_b in row_verdicts(cfg):
+        if a in pp and b in pp:
+            verdicts.append(verdict(name, a, b, k_max if k_a == "max" else k_a, k_max if k_b == "max" else k_b,
+                                    pp, nb, seed, health, family))
     family.decide()
     sharp["markdown"] = [family.fill(x) for x in sharp["markdown"]]
     write_json_atomic(out / "sharpening.json", json.loads(family.fill(json.dumps(_jsonable(sharp["data"])))))
@@ -164,8 +163,9 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
              f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}; {ci_words}.", ""]
     if cfg.teacher_model is None:
         lines += ["No SFT arm and no teacher: `teacher_model` is not set, so there are no traces to distill.", ""]
+    lines += outside_markdown(cfg)
     lines += sharp["warning"] + ([""] if sharp["warning"] else [])
-    lines += health_markdown(health)
+    lines += health_markdown(health, {o.name: o.label for o in cfg.outside})
     lines += ["## Verdicts", "", family_words(family), ""]
     for v in verdicts:
         lines.append(f"- **{v['comparison']}** = {v['diff']:+.3f}{_ci(v['ci_low'], v['ci_high'])} "
@@ -252,7 +252,7 @@ def sharpening_section(cfg: ExperimentConfig, pp, runs, k_max: int, pp_ks, train
     ppl_file = ppl_dir / "perplexity_samples.jsonl" if ppl_dir else None
     tasks = build_tasks(cfg.tasks)
     return sharpening.section(
-        pp, runs, arms=[m for m in pp if is_arm(m)], sharpened=list(cfg.eval.sharpened_models()),
+        pp, runs, arms=[m for m in rows(cfg) if m in pp], sharpened=list(cfg.eval.sharpened_models()),
         controls={a: [c for c, spec in arms().items() if spec.control_of == a] for a in arms()},
         k_max=k_max, ks=sorted(int(k) for k in pp_ks), train_answers=train_answers, reasoning=analysis.get("reasoning"),
         canonical=lambda p, c: sharpening.canonical_chain(tasks.get(p.task), p, c),
@@ -305,8 +305,19 @@ def _fmt_ci(g: pd.DataFrame, k: int) -> str:
     return f"{r.pass_at_k:.3f}" + _ci(r.ci_low, r.ci_high).replace("+", "")
 
 
-def health_markdown(health: dict[str, dict]) -> list[str]:
-    if not health:
+def outside_markdown(cfg: ExperimentConfig) -> list[str]:
+    """The outside models (config `outside:`): what each is, and where it came from."""
+    if not cfg.outside:
+        return []
+    return ["Outside models, evaluated here but trained elsewhere, each a row like an arm's and compared with the "
+            "model it was trained from: " + "; ".join(f"**{o.name}** (`{o.ref}`, {o.label}; from {o.trained_from})"
+                                                      for o in cfg.outside) + ".", ""]
+
+
+def health_markdown(health: dict[str, dict], outside: dict[str, str] | None = None) -> list[str]:
+    """The training-health table: each trained arm's check, and a row per outside model {name: label},
+    not judged (trained elsewhere)."""
+    if not health and not outside:
         return []
     lines = ["## Training health", "",
              "Each trained arm's training metric, first 10% of logged steps against the last 20% (or, for "
@@ -324,7 +335,14 @@ def health_markdown(health: dict[str, dict]) -> list[str]:
                       f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]" if "diff" in h else h.get("reason"),
                       ("yes" if h["learned"] else "**no**" if h.get("judged", True) else "not judged")
                       + (f" (control of {get_arm(arm).control_of}: not required to learn)" if get_arm(arm).control_of else "")]
-                     for arm, h in health.items()])
+                     for arm, h in health.items()]
+                    + [[m, "n/a", "n/a", "n/a", f"trained elsewhere ({label})", "not judged: trained elsewhere"]
+                       for m, label in (outside or {}).items()])
+    if outside:
+        them = "them" if len(outside) > 1 else "it"
+        lines += ["", f"{', '.join(outside)}: trained elsewhere, so there is no training run to judge. This does not make "
+                  f"the verdicts about {them} inconclusive: each verdict compares models as evaluated here, on the same "
+                  "prompts and samples."]
     lines.append("")
     lines += [f"![{arm} training curves]({h['plot']})" for arm, h in health.items() if h.get("plot")]
     return lines + [""]
@@ -374,6 +392,7 @@ class Report(Stage):
         result = write_report(self.cfg, evals, tmp, ppl, logs, snapshots, Path(self.input()["problems"].path), adaptive)
         (tmp / "models.json").write_text(json.dumps({m: {
             "eval_dir": str(d), "model_path": stage_info(d).get("model_path"),
+            **{k: v for o in self.cfg.outside if o.name == m for k, v in o.model_dump(mode="json").items() if k != "name"},
             "train_metrics": json.loads((trained[m] / "train_metrics.json").read_text()) if m in trained else {}}
             for m, d in evals.items()}, indent=2))
         for m, h in result["health"].items():  # the health figures on the arm's own run

@@ -55,7 +55,7 @@ def test_an_arm_file_in_a_folder_is_an_arm_with_its_config_section(copycat, monk
     cfg = load_config("configs/smoke.yaml", {"copycat.max_steps": 3, "compute.devices": {"copycat": "0"}})
     assert cfg.copycat.max_steps == 3 and cfg.copycat.learning_rate == 5e-4 and cfg.sft.max_steps == 4
     assert cfg.compute.devices == {"copycat": "0"}
-    assert list(cfg.model_dump())[7:13] == ["sft", "rl", "distill", "rl_format", "rl_random", "copycat"]  # the arms' sections, in order
+    assert list(cfg.model_dump())[8:14] == ["sft", "rl", "distill", "rl_format", "rl_random", "copycat"]  # the arms' sections, in order
     assert plots.color_of("copycat") == "tab:cyan" and plots.color_of("sft") == "tab:blue"
     with pytest.raises(ConfigError, match=r"smoke.yaml: copycat.bogus: unknown key"):
         load_config("configs/smoke.yaml", {"copycat.bogus": 1})

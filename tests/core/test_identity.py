@@ -9,7 +9,8 @@ from luigi.task_register import Register
 
 from pipeline import dag
 from pipeline.config import ConfigError, load_config
-from pipeline.core.identity import code_fingerprint, model_fingerprint
+from pipeline.core.identity import code_fingerprint
+from pipeline.core.models import model_fingerprint
 from tasks import build_tasks, problems_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ def test_converted_model_is_the_gguf_model(smollm2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.stages.convert import gguf_path
+    from pipeline.core.models import gguf_path
 
     g = gguf_path(GGUF)
     ref = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32).eval()
