@@ -99,7 +99,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
                                     pp, nb, seed, health))
 
     extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
-    extra_md = analysis_markdown(analysis)
+    extra_md = analysis_markdown(analysis, tuple(o.name for o in cfg.outside))
     if ppl_dir is not None:
         ppl = json.loads((ppl_dir / "perplexity.json").read_text())
         shutil.copy(ppl_dir / "perplexity.png", out / "perplexity.png")
