@@ -64,13 +64,16 @@ def _snippet(text: str | None, limit: int = 160) -> str:
     return f"`{t[:limit]}{'…' if len(t) > limit else ''}`"
 
 
-def analysis_markdown(a: dict) -> str:
+def analysis_markdown(a: dict, outside: tuple[str, ...] = ()) -> str:
+    """The analyses' sections; each arm lists the coverage it reports (Arm.coverage), each outside model both."""
     cov = a["coverage"]
     lines = ["## Coverage", "", f"Solvable set: problems with at least one correct sample, of {cov['num_problems']}.", ""]
     lines += _table(["model", "solvable"], [[m, v] for m, v in cov["solvable"].items()])
     lines += [""] + _table(["vs base", "both", "base only", "model only", "neither"],
                            [[m, v["both"], v["base_only"], v["model_only"], v["neither"]] for m, v in cov["vs_base"].items()])
-    for m, key in ((m, arms()[m].coverage) for m in cov["vs_base"] if is_arm(m) and arms()[m].coverage):
+    lists = [(m, arms()[m].coverage) for m in cov["vs_base"] if is_arm(m) and arms()[m].coverage]
+    lists += [(m, key) for m in outside if m in cov["vs_base"] for key in ("lost", "gained")]
+    for m, key in lists:
         title = (f"Problems lost by {m} (base solves, {m} does not)" if key == "lost"
                  else f"Problems gained by {m} ({m} solves, base does not)")
         items = cov["vs_base"][m].get(key, [])

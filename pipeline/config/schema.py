@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.config.outside import OutsideModel, check_outside
 from pipeline.core.models import check_model_ref
 
 MIN_BOOTSTRAP = 100
@@ -201,20 +202,6 @@ class ComputeConfig(Strict):
     eval_shard_problems: int = Field(32, ge=1)
 
 
-class OutsideModel(Strict):
-    """A model the study evaluates but does not train (a published checkpoint): a row of every table,
-    analysis and verdict, compared with the model it was trained from."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
-                              serialize_by_alias=True)
-    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")  # its name in every table, plot and verdict
-    ref: str  # a model directory, a hub id org/name, a .gguf file or package:<package>/<file>.gguf
-    trained_from: str = Field("base", alias="from")  # base, or an outside model listed before it
-    label: str = Field(min_length=1)  # what it is, e.g. "GRPO, SimpleRL-Zoo"
-
-    _check_ref = field_validator("ref")(classmethod(lambda cls, v: check_model_ref(v)))
-
-
 class _Head(Strict):
     """ExperimentConfig's fields before the arms' sections (each registered arm's `config`, under its
     name: pipeline.arms), in the order of a config dump."""
@@ -311,23 +298,7 @@ class _Experiment(Strict):
             top["outside"] = [o.model_copy(update={"ref": inner[o.name]}) if o.name in inner else o for o in self.outside]
         return self.model_copy(update=top)
 
-    @model_validator(mode="after")
-    def _outside_names(self):
-        """An outside model's name is a row of its own: not base, teacher, a sharpened base, an arm or another
-        outside model; its `from` is the base or an outside model listed before it."""
-        from pipeline.arms import arms
-
-        taken = {"base": "the base model", "teacher": "the teacher",
-                 **{m: "a sharpened base row (eval.sharpened_temperatures)" for m in self.eval.sharpened_models()},
-                 **{a: "an arm" for a in arms()}}
-        for i, o in enumerate(self.outside):
-            if o.name in taken:
-                raise ValueError(f"outside[{i}].name: {o.name!r} is taken by {taken[o.name]} (expected another name)")
-            if o.trained_from != "base" and not any(p.name == o.trained_from for p in self.outside[:i]):
-                raise ValueError(f"outside[{i}].from: {o.trained_from!r} is not base or an outside model listed before "
-                                 f"{o.name!r} (expected the model it was trained from)")
-            taken[o.name] = f"outside[{i}]"
-        return self
+    _outside = model_validator(mode="after")(check_outside)  # names and `from` (pipeline/config/outside.py)
 
     @model_validator(mode="after")
     def _arm_checks(self):

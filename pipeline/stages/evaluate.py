@@ -348,7 +348,7 @@ class Evaluate(Stage):
 
     @property
     def reads_models(self):
-        ref = None if is_arm(self.model) else self.cfg.model_field(self.model)
+        ref = self.cfg.model_field(self.model)  # None for an arm: its Train stage is upstream
         return (ref,) if ref else ()
 
     @property

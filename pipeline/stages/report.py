@@ -140,7 +140,7 @@ def write_report(cfg: ExperimentConfig, evals: dict[str, Path], out: Path, ppl_d
     write_json_atomic(out / "sharpening.json", json.loads(family.fill(json.dumps(_jsonable(sharp["data"])))))
 
     extra_metrics = [(k, v, 0) for k, v in analysis["metrics"].items()]
-    extra_md = analysis_markdown(analysis)
+    extra_md = analysis_markdown(analysis, tuple(o.name for o in cfg.outside))
     if ppl_dir is not None:
         ppl = json.loads((ppl_dir / "perplexity.json").read_text())
         shutil.copy(ppl_dir / "perplexity.png", out / "perplexity.png")

@@ -112,3 +112,67 @@ def test_unchanged_rerun_is_a_noop_and_rl_change_reruns_only_rl(smoke):
     before = {p.name for p in (out / "smoke").iterdir()}
     run(out, "--set", "rl.learning_rate=0.0002", "--set", "eval.perplexity_subset=12")
     assert [n.split("-")[0] for n in {p.name for p in (out / "smoke").iterdir()} - before] == ["perplexity"]
+
+
+@pytest.mark.slow  # an evaluation-only study beside the smoke one: one evaluation, perplexity and a report
+def test_the_rl_model_as_an_outside_model_equals_the_rl_arm(smoke, tmp_path):
+    """The smoke study's RL model, copied to a directory and named as an outside model of the base in an
+    evaluation-only study (configs/smoke-outside.yaml as a member of the smoke study, so its problems and base
+    evaluation are the smoke study's): per-problem counts identical to eval-rl's, and verdicts, crossover and
+    support transitions equal to the RL arm's. Its training is not judged (trained elsewhere), which leaves its
+    verdicts conclusive; the RL arm's 3-step run is not judged either, which makes the arm's inconclusive."""
+    import shutil
+
+    from pipeline.stages.report import verdict_words
+
+    out, _ = smoke
+    study = out / "smoke"
+    (rl,) = [d for d in study.glob("rl-*") if d.is_dir()]
+    copy = tmp_path / "published-rl"
+    shutil.copytree(rl / "model", copy)
+    before = {p.name for p in study.iterdir()}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    res = subprocess.run([sys.executable, "-m", "pipeline.run", "--config", "configs/smoke-outside.yaml", "--workers", "2",
+                          "--set", f"output_dir={out}", "--set", "study=smoke", "--set", "outside.0.name=rl-copy",
+                          "--set", f"outside.0.ref={copy}", "--set", "outside.0.label=the smoke RL model, copied"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    new = sorted(n.split("-")[0] + ("-" + n.split("-")[1] if n.startswith("eval-") else "")
+                 for n in {p.name for p in study.iterdir()} - before)
+    assert new == ["eval-rl", "members", "perplexity"]  # eval-rl-copy-<key>: nothing trained, the base not re-evaluated
+
+    def counts(d):
+        return pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str})[["problem_id", "n", "correct"]]
+
+    (ev_rl,) = [d for d in study.glob("eval-rl-*") if not d.name.startswith("eval-rl-copy")]
+    (ev_copy,) = study.glob("eval-rl-copy-*")
+    pd.testing.assert_frame_equal(counts(ev_copy), counts(ev_rl))
+
+    arm_rep, row_rep = study / "report", study / "members" / "smoke-outside" / "report"
+    arm = {v["name"]: v for v in json.loads((arm_rep / "verdicts.json").read_text())}
+    row = {v["name"]: v for v in json.loads((row_rep / "verdicts.json").read_text())}
+    assert set(row) == {"rl-copy_vs_base_pass1", "base_vs_rl-copy_kmax"}
+    for mine, theirs in (("rl-copy_vs_base_pass1", "rl_vs_base_pass1"), ("base_vs_rl-copy_kmax", "base_vs_rl_kmax")):
+        a, r = arm[theirs], row[mine]
+        assert [r[k] for k in ("diff", "ci_low", "ci_high", "problems", "mdd")] == \
+            [a[k] for k in ("diff", "ci_low", "ci_high", "problems", "mdd")]
+        assert a["verdict"].startswith("inconclusive: the rl run was not judged")
+        first, second = a["comparison"].replace("rl", "rl-copy").split(" − ")
+        assert r["comparison"] == f"{first} − {second}" and r["conclusive"]
+        names = ("rl-copy", "base") if mine.startswith("rl-copy") else ("base", "rl-copy")
+        assert r["verdict"] == verdict_words(*names, a["diff"], a["ci_low"], a["ci_high"], a["mdd"], None)
+
+    sharp_arm, sharp_row = (json.loads((d / "sharpening.json").read_text()) for d in (arm_rep, row_rep))
+    assert sharp_row["crossover"]["rl-copy"] == sharp_arm["crossover"]["rl"]
+    strip = [{k: v for k, v in s.items() if k != "arm"} for s in sharp_arm["support"] if s["arm"] == "rl"]
+    assert [{k: v for k, v in s.items() if k != "arm"} for s in sharp_row["support"]] == strip
+    ppl_arm, ppl_row = (json.loads((d / "perplexity.json").read_text()) for d in (arm_rep, row_rep))
+    assert ppl_row["ppl_under_base"]["rl-copy"]["median"] == pytest.approx(ppl_arm["ppl_under_base"]["rl"]["median"], rel=1e-4)
+    (kl_arm,), (kl_row,) = [k for k in sharp_arm["kl"] if k["model"] == "rl"], sharp_row["kl"]
+    assert kl_row["kl_per_token"] == pytest.approx(kl_arm["kl_per_token"], rel=1e-4)
+    md = (row_rep / "report.md").read_text()
+    assert "| rl-copy | n/a | n/a | n/a | trained elsewhere (the smoke RL model, copied) | not judged: trained elsewhere |" in md
+    assert "This does not make the verdicts about it inconclusive" in md
+    assert "Problems lost by rl-copy" in md and "Problems gained by rl-copy" in md
+    models = json.loads((row_rep / "models.json").read_text())
+    assert models["rl-copy"]["from"] == "base" and models["rl-copy"]["ref"] == str(copy)

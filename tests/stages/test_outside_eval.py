@@ -54,3 +54,18 @@ def test_the_report_and_perplexity_read_every_row(monkeypatch, toyworld):
     up = report.upstream()
     assert {"base", "teacher", "sft", "rl", "zoo", "perplexity", "adaptive"} <= set(up)
     assert "zoo" in up["perplexity"].upstream() and "zoo" in up["adaptive"].upstream()
+
+
+def test_an_outside_model_lists_the_problems_it_lost_and_gained():
+    """An arm lists the coverage its method is about (RL: lost; SFT: gained); an outside model, of unknown
+    method, both."""
+    from pipeline.analysis.sections import analysis_markdown
+
+    item = {"question": "1+1", "answer": "2", "difficulty": 1, "solved_by": "base", "correct_completion": None}
+    vs = {"both": 1, "base_only": 1, "model_only": 1, "neither": 0, "lost": [item], "gained": [item]}
+    a = {"coverage": {"num_problems": 3, "solvable": {"base": 2, "rl": 2, "zoo": 2}, "vs_base": {"rl": vs, "zoo": vs}},
+         "dse": {}}
+    md = analysis_markdown(a, ("zoo",))
+    assert "Problems lost by rl" in md and "Problems gained by rl" not in md
+    assert "Problems lost by zoo" in md and "Problems gained by zoo" in md
+    assert "Problems lost by zoo" not in analysis_markdown(a)
