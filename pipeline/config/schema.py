@@ -10,24 +10,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from pipeline.config.checks import check_experiment
 from pipeline.config.models import check_model_ref
+from pipeline.config.values import read_yaml
 from pipeline.config.sections import (  # noqa: F401 (re-exported: `from pipeline.config.schema import Strict`)
-    MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, Strict, TaskSpec,
+    MAX_STEPS, MIN_BOOTSTRAP, ComputeConfig, ConfigError, EvalConfig, GenerationConfig, HealthConfig, Strict, TaskSpec,
     TracesConfig, TrackingConfig,
 )
+
+
+NAME = r"^[\w.-]+$"  # a directory name: letters, digits, _ . - (and not `.` or `..`: _Experiment._plain_names)
 
 
 class _Head(Strict):
     """ExperimentConfig's fields before the arms' sections (each registered arm's `config`, under its
     name: pipeline.arms), in the order of a config dump."""
 
-    name: str = Field(pattern=r"^[\w.-]+$")
+    name: str = Field(pattern=NAME)
     # a sweep member's study: members share runs/<study>/ (and so every stage they have in common) and
     # one MLflow experiment; set by pipeline.run's sweep expansion. None: the study is `name` itself
-    study: str | None = Field(None, pattern=r"^[\w.-]+$")
+    study: str | None = Field(None, pattern=NAME)
     seed: int = 0
     base_model: str
     teacher_model: str | None = None
@@ -59,6 +63,13 @@ class _Experiment(Strict):
                 raise ValueError(f"tasks[{seen[label]}] and tasks[{i}] are both {label!r} (give each spec a distinct "
                                  f"`label`, e.g. gsm8k and math500)")
             seen[label] = i
+        return v
+
+    @field_validator("name", "study", check_fields=False)
+    @classmethod
+    def _plain_names(cls, v):
+        if v in (".", ".."):  # the study's directory would be output_dir itself, or its parent
+            raise ValueError(f"{v!r} is not a directory name of its own (expected a name such as my-study)")
         return v
 
     _check_base = field_validator("base_model", check_fields=False)(classmethod(lambda cls, v: check_model_ref(v)))
@@ -180,9 +191,14 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> _Experiment:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
     try:
-        return experiment_config().model_validate(data)
+        cfg = experiment_config().model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
+    try:
+        check_experiment(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> _Experiment:
@@ -190,10 +206,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found (expected a YAML file, e.g. configs/tiny.yaml)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(p)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return parse_config(data, str(p))

@@ -9,6 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIN_BOOTSTRAP = 100
+# upper bounds where a larger number is a typo, not a study: samples per problem (pass@k studies go to
+# 1024-2048), bootstrap resamples (each a pass over the problems x samples table)
+MAX_SAMPLES = 65536
+MAX_BOOTSTRAP = 100_000
+MAX_STEPS = 1_000_000  # optimizer steps of a training arm
 
 
 class ConfigError(ValueError):
@@ -53,7 +58,7 @@ class GenerationConfig(Strict):
     temperature: float = Field(0.6, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
-    n: int = Field(8, ge=1)
+    n: int = Field(8, ge=1, le=MAX_SAMPLES)
     batch_size: int = Field(64, ge=1)
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     # weights on both backends; auto = the checkpoint's own dtype (not vLLM's auto, which is bf16 on CPU)
@@ -67,7 +72,7 @@ class TracesConfig(Strict):
 
 
 class EvalConfig(Strict):
-    n: int = Field(64, ge=1)
+    n: int = Field(64, ge=1, le=MAX_SAMPLES)
     ks: list[int] | None = None
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -75,7 +80,7 @@ class EvalConfig(Strict):
     backend: Literal["vllm", "cb", "hf", "auto"] = "auto"
     batch_size: int = Field(64, ge=1)
     # resamples for the 95% CIs and the verdicts; 0 = no CI and no verdict (the report says so)
-    bootstrap: int = Field(1000, ge=0)
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the checkpoint's own dtype
     include_teacher: bool = True
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
@@ -87,7 +92,7 @@ class EvalConfig(Strict):
     # an adaptive sample budget (pipeline/stages/adaptive.py): more samples only for the problems that decide
     # the pass@k_max verdicts, until each verdict's 95% CI is at most this wide or max_n (default 8 n) is reached
     target_ci_width: float | None = Field(None, gt=0, lt=2)
-    max_n: int | None = Field(None, ge=1)
+    max_n: int | None = Field(None, ge=1, le=16 * MAX_SAMPLES)
 
     @field_validator("sharpened_temperatures")
     @classmethod
@@ -111,6 +116,13 @@ class EvalConfig(Strict):
         for k in self.ks or []:
             if k < 1 or k > self.n:
                 raise ValueError(f"k={k} is outside 1..n={self.n} (every k must satisfy 1 <= k <= eval.n)")
+        return self
+
+    @model_validator(mode="after")
+    def greedy_one_sample(self):
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"temperature 0 is greedy decoding: its n={self.n} samples per problem are one sample "
+                             f"repeated, so pass@k would be flat in k; expected temperature > 0, or n: 1")
         return self
 
     @model_validator(mode="after")
@@ -180,6 +192,13 @@ class ComputeConfig(Strict):
     # `trl vllm-serve` command) on these GPUs, e.g. "2,3", waits for it and stops it when training ends;
     # the trainer itself runs on compute.devices.rl. The server uses vllm_tensor_parallel_size.
     rl_server_devices: str | None = None
+
+    @model_validator(mode="after")
+    def _processes_need_accelerate(self):
+        if self.num_processes > 1 and self.launcher == "python":
+            raise ValueError(f"num_processes: {self.num_processes} has no effect with launcher: python (one process "
+                             f"trains); expected launcher: accelerate, or num_processes: 1")
+        return self
 
     @field_validator("accelerate_config")
     @classmethod

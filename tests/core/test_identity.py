@@ -33,7 +33,9 @@ def world_copy(tmp_path, toyworld):
 def study(tmp_path, world, **over):
     data = {"name": "s", "base_model": str(world / "base"), "teacher_model": str(world / "teacher"),
             "tasks": [{"name": "toy_arith", "train_size": 8, "test_size": 4, "levels": [1]}],
-            "rl": {"num_generations": 2, "per_device_train_batch_size": 2}, "output_dir": str(tmp_path / "runs")}
+            "rl": {"num_generations": 2, "per_device_train_batch_size": 2}, "output_dir": str(tmp_path / "runs"),
+            # sampling lengths below the toy world's context of 512, with the prompt
+            "eval": {"max_tokens": 200}, "traces": {"generation": {"max_tokens": 200}}}
     data.update(over)
     return write(tmp_path, data)
 
@@ -98,7 +100,7 @@ def test_code_fingerprint_ignores_docstrings_and_comments_but_not_code():
 
 def test_num_processes_changes_training_identity(tmp_path, world_copy):
     config = study(tmp_path, world_copy)
-    assert changed(keys(config), keys(config, {"compute.num_processes": 2})) == {
+    assert changed(keys(config), keys(config, {"compute.num_processes": 2, "compute.launcher": "accelerate"})) == {
         "sft", "rl", "eval-sft", "eval-rl", "perplexity"}
 
 
