@@ -108,9 +108,10 @@ def model_context(ref: str | None) -> tuple[int, str] | None:
 
 
 def check_contexts(cfg) -> None:
-    """eval.max_tokens below the context of every model evaluated (the base, and so its arms; the
-    teacher when evaluated), and traces.generation.max_tokens below the teacher's, where the model's
-    config is local: the prompt needs room too."""
+    """eval.max_tokens within the context of every model evaluated (the base, and so its arms; the
+    teacher when evaluated), and traces.generation.max_tokens within the teacher's, where the model's
+    config is local. (With the prompt they may still not fit: the evaluator and the traces stage
+    measure every prompt before sampling.)"""
     from pipeline.arms import arms, enabled_arms
 
     checks = [("eval.max_tokens", cfg.eval.max_tokens, "base_model")]
@@ -120,6 +121,6 @@ def check_contexts(cfg) -> None:
         checks.append(("traces.generation.max_tokens", cfg.traces.generation.max_tokens, "teacher_model"))
     for field, tokens, which in checks:
         ctx = model_context(getattr(cfg, which))
-        if ctx and tokens >= ctx[0]:
-            raise ValueError(f"{field}: {tokens} tokens do not fit {which} {getattr(cfg, which)}'s context of {ctx[0]} "
-                             f"({ctx[1]}) with a prompt; expected at most {ctx[0] - 1} minus the longest prompt")
+        if ctx and tokens > ctx[0]:
+            raise ValueError(f"{field}: {tokens} tokens exceed {which} {getattr(cfg, which)}'s context of {ctx[0]} "
+                             f"({ctx[1]}); expected at most {ctx[0]} minus the longest prompt")

@@ -99,7 +99,7 @@ def test_a_typod_local_path_is_not_taken_for_a_hub_id():
 
 def test_eval_max_tokens_beyond_the_models_context(tmp_path):
     ctx = json.loads((ROOT / "toyworld" / "base" / "config.json").read_text())["max_position_embeddings"]
-    refused(smoke_with(tmp_path, eval={"max_tokens": ctx}), f"eval.max_tokens: {ctx} tokens do not fit base_model")
+    refused(smoke_with(tmp_path, eval={"max_tokens": ctx + 1}), f"eval.max_tokens: {ctx + 1} tokens exceed base_model")
     refused(smoke_with(tmp_path, traces={"generation": {"max_tokens": 4 * ctx}}),
             "traces.generation.max_tokens: ")
 

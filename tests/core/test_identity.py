@@ -33,9 +33,7 @@ def world_copy(tmp_path, toyworld):
 def study(tmp_path, world, **over):
     data = {"name": "s", "base_model": str(world / "base"), "teacher_model": str(world / "teacher"),
             "tasks": [{"name": "toy_arith", "train_size": 8, "test_size": 4, "levels": [1]}],
-            "rl": {"num_generations": 2, "per_device_train_batch_size": 2}, "output_dir": str(tmp_path / "runs"),
-            # sampling lengths below the toy world's context of 512, with the prompt
-            "eval": {"max_tokens": 200}, "traces": {"generation": {"max_tokens": 200}}}
+            "rl": {"num_generations": 2, "per_device_train_batch_size": 2}, "output_dir": str(tmp_path / "runs")}
     data.update(over)
     return write(tmp_path, data)
 
