@@ -14,70 +14,18 @@ nothing and says so.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 
 import luigi
-import yaml
 
-from pipeline.core import tracking
-from pipeline.core.io import lock
-from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.dag import Report, Study
 from pipeline.config.sweep import expand, is_sweep_file, load_sweep
-
-
-class StudyBusy(RuntimeError):
-    """Another invocation is running the same study."""
-
-
-@contextmanager
-def study_lock(cfg: ExperimentConfig):
-    """Hold the study for this invocation. A second invocation of the same study exits at once with
-    a message naming the running one (its pid, command and start time), and touches nothing."""
-    path = cfg.run_dir / ".study.lock"
-    with ExitStack() as held:
-        try:
-            f = held.enter_context(lock(path, wait=False))
-        except BlockingIOError:
-            holder = path.read_text().strip() or "unknown process"
-            raise StudyBusy(f"study {cfg.name!r} ({cfg.run_dir}) is already being run by {holder}; wait for it to "
-                            f"finish or stop it") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.truncate(0)
-
-
-def check_writable(cfg: ExperimentConfig) -> None:
-    """output_dir must take files before any compute starts."""
-    out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise ConfigError(f"output_dir: {out} is not writable ({e.strerror}); expected a directory this user can "
-                          f"write to") from None
-
-
-def parse_assignments(items: list[str], flag: str) -> dict[str, list]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE (dotted key, e.g. rl.beta=0.04)")
-        key, value = item.split("=", 1)
-        values = value.split(",") if flag == "--sweep" else [value]
-        out[key] = [yaml.safe_load(v) for v in values]
-    return out
+from pipeline.config.values import parse_assignments
+from pipeline.stages import session
+from pipeline.stages.session import StudyBusy
 
 
 def plan(config: str, sets: dict, sweeps: dict, study: str | None = None):
@@ -97,7 +45,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field")
-    ap.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="run one experiment per value")
+    ap.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="run one experiment per value (commas inside [] or quotes stay in a value: "
+                    "tasks.0.levels=[1,2],[3,4])")
     ap.add_argument("--study", help="the study name of a --sweep (default: <name>-sweep)")
     ap.add_argument("--workers", type=int, default=2, help="Luigi workers (2 lets SFT and RL train in parallel)")
     ap.add_argument("--scheduler-url", help="a running luigid, e.g. http://localhost:8082 (default: local scheduler)")
@@ -113,10 +62,8 @@ def main(argv=None) -> int:
         top = Study(spec=sweep.spec())
         reports = list(top.requires().values())
     try:
-        check_writable(reports[0].cfg)
         with ExitStack() as held:
-            for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
-                held.enter_context(study_lock(r.cfg))
+            session.hold(reports, not a.scheduler_url, held)
             return _build(reports, a, top)
     except (ConfigError, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -131,29 +78,13 @@ def _build(reports: list[Report], a, top: Study | None = None) -> int:
         if top is not None:
             print(f"nothing to do: study {top.plan.study} is up to date ({top.out_dir / 'report.md'})")
         return 0
-    for r in {str(r.cfg.run_dir): r for r in pending}.values():  # runs a killed invocation left RUNNING
-        for run_id in tracking.close_orphans(r.cfg):
-            print(f"[tracking] marked run {run_id} KILLED: its process had ended without closing it")
+    session.close_orphans(pending)
     started = time.time()
     kw = dict(scheduler_url=a.scheduler_url) if a.scheduler_url else dict(local_scheduler=True)
     res = luigi.build([top] if top is not None else pending, workers=a.workers, detailed_summary=True,
                       log_level="INFO", **kw)
     print(res.summary_text)
-    failed, seen_logs = [], set()
-    for r in reports:
-        logs = r.cfg.run_dir / "logs"
-        errors = [] if logs in seen_logs else [f for f in sorted(logs.glob("*.error")) if f.stat().st_mtime >= started]
-        seen_logs.add(logs)
-        failed += [(r.cfg, f.stem, f.read_text().strip()) for f in errors]
-        try:
-            tracking.close_orphans(r.cfg)
-            if errors:  # the experiment's parent run says which stages failed, until a rerun completes it
-                tracking.end_stage(r.cfg, tracking.parent_run(r.cfg), "FAILED",
-                                   "; ".join(f"{f.stem}: {f.read_text().strip()}" for f in errors))
-        except Exception as e:  # noqa: BLE001 - e.g. a full disk: the summary below matters more
-            print(f"[tracking] could not update the MLflow runs of {r.cfg.name}: {e}", file=sys.stderr)
-    for cfg, stage, why in failed:
-        print(f"FAILED {cfg.name}/{stage}: {why}", file=sys.stderr)
+    session.summarize(reports, started)
     for r in reports:
         print(f"report: {r.out_dir / 'report.md'}" if r.complete() else f"incomplete: {r.cfg.name} (rerun to resume)")
     done = all(r.complete() for r in reports) and (top is None or top.complete())

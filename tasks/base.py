@@ -108,6 +108,11 @@ class Task:
                 got += 1
         return out
 
+    def check_spec(self, sizes: dict[str, int], levels: list[int] | None) -> None:
+        """Cheap checks of a task spec before anything runs (`sizes`: split -> problems asked for):
+        a ValueError whose message starts with the spec's field (`levels: ...`, `test_size: ...`,
+        `options: ...`). The problems themselves are drawn by the Problems stage."""
+
     # ---- prompting and checking --------------------------------------------------------------
     def user_text(self, problem: Problem) -> str:
         return f"{problem.question}\n{INSTRUCTION}"

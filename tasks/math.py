@@ -85,6 +85,27 @@ class MathTask(LenientExtraction):
             out += random.Random(f"{seed}/{split}/{level}").sample(group, want)
         return out
 
+    def check_spec(self, sizes: dict[str, int], levels: list[int] | None) -> None:
+        """Every split asked for has a source; a local file's split has the problems asked for (a hub
+        dataset is counted by the Problems stage, which downloads it)."""
+        for split, n in sizes.items():
+            if n == 0:
+                continue
+            if not self._has_source(split):
+                raise ValueError(f"options: task math needs {split}_file (a local JSONL file) or dataset (a hub name) "
+                                 f"for its {split} split (expected e.g. {{test_file: data/benchmarks/gsm8k.test.jsonl}})")
+            if not self.options.get(f"{split}_file"):
+                continue
+            pool = self.pool(split)
+            for li, level in enumerate(list(levels) if levels else [None]):
+                want = n // len(levels or [None]) + (1 if li < n % len(levels or [None]) else 0)
+                have = sum(1 for p in pool if level is None or p.difficulty == level)
+                if have < want:
+                    at = "" if level is None else f" at level {level}"
+                    raise ValueError(f"{split}_size: {n} asked for, but the {split} split ({self.options[f'{split}_file']}) "
+                                     f"has {have} problems{at} (expected {split}_size <= "
+                                     f"{have * len(levels or [None])}, or a bigger {split} source)")
+
     def pool(self, split: str) -> list[Problem]:
         """Every problem of `split`, deduplicated; train minus any question of the test source."""
         if split not in SPLITS:

@@ -140,6 +140,16 @@ class ToyArith(Task):
         super().__init__(max_value=max_value, **options)
         self.max_value = max_value
 
+    def check_spec(self, sizes: dict[str, int], levels: list[int] | None) -> None:
+        unknown = sorted(set(self.options) - {"max_value"})
+        if unknown:
+            raise ValueError(f"options: task toy_arith: unknown option {unknown[0]!r} (expected one of ['max_value'])")
+        max_level = 20  # operations per chain; the toy world's corpora cover levels 1-6
+        bad = [v for v in levels or [] if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= max_level]
+        if bad:
+            raise ValueError(f"levels: {bad} outside 1..{max_level} (expected toy_arith levels, the number of "
+                             f"operations per chain, from 1 to {max_level})")
+
     def generate(self, rng_seed: int, level: int | None) -> tuple[str, str, dict[str, Any]]:
         level = DEFAULT_LEVEL if level is None else level
         if not isinstance(level, int) or level < 1:

@@ -44,6 +44,9 @@ class Arm:
     prompt_filter: Callable = lambda cfg: None
     # a config -> None, or raises ValueError: checks across sections (e.g. a teacher), run when a config loads
     check: Callable | None = None
+    # a config -> the TRL config class its trainer builds, with the section's `extra` on top (e.g.
+    # "trl.GRPOConfig"): `extra` is checked against that class's fields when the config loads
+    trl_config: Callable | None = None
     color: str | None = None  # its colour in every plot (None: one of plots' spare colours)
     # the study tables (pipeline/stages/study.py) that are about this arm: algorithms, sft_data_size
     study_tables: tuple[str, ...] = ()

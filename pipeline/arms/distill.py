@@ -23,7 +23,7 @@ from pydantic import Field
 
 from pipeline.arms import Arm
 from pipeline.core.models import tokenizer_mismatch
-from pipeline.config.schema import Strict
+from pipeline.config.schema import MAX_STEPS, Strict
 from pipeline.arms.trl_patches import with_our_prompt_encoding
 from pipeline.arms.common import (TrainInputError, build_args, cli, common_fields, finish, load_problems, resume_point,
                                    same_named)
@@ -45,7 +45,7 @@ class DistillConfig(Strict):
     learning_rate: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     lr_scheduler_type: str = "linear"
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(100, ge=1, le=MAX_STEPS)
     per_device_train_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_completion_length: int = Field(256, ge=1)
@@ -66,7 +66,7 @@ def check_teacher(cfg) -> None:
 
 
 ARM = Arm(
-    name="distill", order=3, data="problems", config=DistillConfig, color="tab:purple", check=check_teacher,
+    name="distill", order=3, data="problems", config=DistillConfig, color="tab:purple", check=check_teacher, trl_config=lambda cfg: "trl.DistillationConfig",
     title="on-policy distillation: the student samples, the teacher's token distribution is the target",
     enabled=lambda cfg: cfg.distill.enabled and cfg.teacher_model is not None,
     starts_from=lambda cfg: "sft" if cfg.distill.init == "sft" else None,

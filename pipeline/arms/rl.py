@@ -30,7 +30,7 @@ from typing import Any, Callable, Literal
 from pydantic import Field, model_validator
 
 from pipeline.arms import Arm
-from pipeline.config.schema import Strict
+from pipeline.config.schema import MAX_STEPS, Strict
 from pipeline.analysis.one_shot import RolloutRecord
 from pipeline.analysis.probe import Probe
 from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
@@ -72,7 +72,7 @@ class RLConfig(Strict):
     learning_rate: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # share of max_steps with a linear warm-up
     lr_scheduler_type: str = "linear"  # TRL's default
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(100, ge=1, le=MAX_STEPS)
     per_device_train_batch_size: int = Field(32, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_completion_length: int = Field(256, ge=1)
@@ -133,6 +133,7 @@ ARM = Arm(
     name="rl", order=2, data="problems", config=RLConfig, color="tab:red", coverage="lost", study_tables=("algorithms",),
     title="RLVR (GRPO or RLOO) on the training problems with the task's verifier as reward",
     enabled=lambda cfg: cfg.rl.enabled, prompt_filter=lambda cfg: "rl" if cfg.rl.pass_rate_filter else None, check=check_curriculum,
+    trl_config=lambda cfg: "trl.RLOOConfig" if cfg.rl.algorithm == "rloo" else "trl.GRPOConfig",
     health_metrics=("accuracy", "reward"),
     curves=("accuracy", "reward", "format_reward", "answer_reward", "loss", "entropy", "completions/mean_length",
             "frac_reward_zero_std", "clip_ratio/region_mean", "learning_rate"),

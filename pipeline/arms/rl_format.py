@@ -24,7 +24,7 @@ class FormatReward(TaskReward):
 ARM = Arm(
     name="rl_format", order=4, data="problems", config=ControlConfig, color="tab:olive", control_of="rl", reads=("rl",),
     title="control: RL rewarded for a well-formed answer, right or wrong",
-    enabled=lambda cfg: cfg.rl_format.enabled and cfg.rl.enabled, prompt_filter=RL.prompt_filter,
+    enabled=lambda cfg: cfg.rl_format.enabled and cfg.rl.enabled, prompt_filter=RL.prompt_filter, trl_config=RL.trl_config,
     health_metrics=("rewards/format/mean", "accuracy"), curves=("rewards/format/mean", "accuracy", "loss", "entropy"),
 )
 

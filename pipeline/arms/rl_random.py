@@ -40,7 +40,7 @@ class RandomReward(TaskReward):
 ARM = Arm(
     name="rl_random", order=5, data="problems", config=ControlConfig, color="tab:cyan", control_of="rl", reads=("rl",),
     title="control: RL rewarded by a coin with the base's mean pass rate",
-    enabled=lambda cfg: cfg.rl_random.enabled and cfg.rl.enabled, prompt_filter=RL.prompt_filter,
+    enabled=lambda cfg: cfg.rl_random.enabled and cfg.rl.enabled, prompt_filter=RL.prompt_filter, trl_config=RL.trl_config,
     health_metrics=("accuracy",), curves=("rewards/random/mean", "accuracy", "loss", "entropy"),
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.arms import Arm
-from pipeline.config.schema import Strict
+from pipeline.config.schema import MAX_STEPS, Strict
 from pipeline.arms.common import build_args, cli, common_fields, finish, read_rows, resume_point
 from tasks.base import encode_prompt
 
@@ -30,7 +30,7 @@ class SFTConfig(Strict):
     enabled: bool = True  # the arm runs when there is a teacher; false leaves it out of the study
     learning_rate: float = Field(5e-4, gt=0)
     num_train_epochs: float = Field(2.0, gt=0)
-    max_steps: int = -1  # > 0: this many optimizer steps, overriding num_train_epochs (TRL's field)
+    max_steps: int = Field(-1, le=MAX_STEPS)  # > 0: this many optimizer steps, overriding num_train_epochs (TRL's field)
     per_device_train_batch_size: int = Field(32, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(512, ge=8)
@@ -48,6 +48,7 @@ ARM = Arm(
     name="sft", order=1, data="traces", config=SFTConfig, color="tab:blue", coverage="gained", study_tables=("sft_data_size",),
     title="SFT on the teacher's verified traces (distillation)",
     enabled=lambda cfg: cfg.sft.enabled and cfg.teacher_model is not None,  # no teacher, no traces
+    trl_config=lambda cfg: "trl.SFTConfig",
     health_metrics=("mean_token_accuracy",), curves=("loss", "mean_token_accuracy", "entropy", "learning_rate"),
     verdicts=(("sft_vs_base_kmax", "sft", "base", "max", "max"),),
 )

@@ -20,9 +20,12 @@ CHECKER_PACKAGES = ("math-verify", "reasoning-gym", "sympy", "latex2sympy2_exten
 
 def code_fingerprint(source: str) -> str:
     """The module's AST without docstrings: edits to comments, docstrings or layout do not count;
-    any change to what the code does does."""
+    any change to what the code does does. A task's `check_spec` (the checks a config gets when it
+    loads, tasks/base.py) decides no problem and no verdict, so it does not count either."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
+        if isinstance(getattr(node, "body", None), list):
+            node.body = [n for n in node.body if not (isinstance(n, ast.FunctionDef) and n.name == "check_spec")]
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
                 and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str)):

@@ -17,13 +17,39 @@ from tasks.base import Problem
 DONE_MARKER = "_SUCCESS"
 
 
+class UnsafePath(ValueError):
+    """A delete or replace outside the directory it is confined to, or of a directory this tool did
+    not write: refused, one line."""
+
+
+def confined(path: str | os.PathLike, root: str | os.PathLike | None) -> Path:
+    """`path`, after checking that it lies strictly inside `root` (by name: `..` cannot climb out; a
+    symlink the user made inside root is theirs). root None: no confinement."""
+    path = Path(path)
+    if root is not None:
+        p, r = os.path.abspath(path), os.path.abspath(root)
+        if p == r or not p.startswith(r.rstrip(os.sep) + os.sep):
+            raise UnsafePath(f"{path}: outside {root} (refusing to write or remove it; expected a path inside "
+                             f"output_dir)")
+    return path
+
+
+def remove_tree(path: str | os.PathLike, root: str | os.PathLike | None = None) -> None:
+    """shutil.rmtree, if present, of a path inside `root` (confined)."""
+    shutil.rmtree(confined(path, root), ignore_errors=True)
+
+
 @contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[Path]:
     """Write a directory under a temporary name, then rename it into place with a _SUCCESS marker.
 
     A killed writer leaves only `<name>.tmp-<pid>`, which never looks complete and is cleared by
-    the next attempt."""
-    final = Path(final)
+    the next attempt. An existing `final` is replaced only if this tool wrote it (it has the marker),
+    and with `root` only inside root (UnsafePath otherwise, before anything is touched)."""
+    final = confined(final, root)
+    if final.exists() and not is_complete(final):
+        raise UnsafePath(f"{final}: exists and was not written by this tool (no {DONE_MARKER}); refusing to replace "
+                         f"it (expected a new output directory, or move that one away)")
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a killed writer; a live one's stays
         if not pid_alive(stale.name.rsplit("-", 1)[-1]):
@@ -109,11 +135,11 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path` (`.<name>.tmp-<pid>`) to write; it is renamed onto
     `path` when the block ends and removed if it raises: the file is whole or absent. A killed
-    writer's temporary is cleared by the next write."""
-    path = Path(path)
+    writer's temporary is cleared by the next write. With `root`, `path` must lie inside it."""
+    path = confined(path, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         if not pid_alive(stale.name.rsplit("-", 1)[-1]):
@@ -126,9 +152,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+def write_atomic(path: str | os.PathLike, data: str | bytes, root: str | os.PathLike | None = None) -> Path:
     """Write text (UTF-8) or bytes to `path` atomically (atomic_file)."""
-    with atomic_file(path) as tmp:
+    with atomic_file(path, root) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
 

@@ -46,6 +46,11 @@ def check_model_ref(ref: str) -> str:
     looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") != 1 or not HUB_ID.match(ref)
     if looks_local:
         raise ValueError(f"local model path {ref!r} does not exist (expected a model directory or a hub id org/name)")
+    folder = Path(ref.split("/")[0])
+    if folder.is_dir():  # `toyworld/bse`: shaped like a hub id, but its first part is a local folder
+        models = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file())
+        raise ValueError(f"{ref!r} is not a model directory, and {folder}/ is a local folder, so it is no hub id either "
+                         f"(expected one of {folder}/{{{','.join(models)}}}, or write a hub id that names no local folder)")
     return ref
 
 

@@ -5,7 +5,7 @@ helpers the stages share. Each DAG node is a Stage in its own file of pipeline/s
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 import time
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.core import tracking
 from pipeline.config import ConfigError, ExperimentConfig, load_config
-from pipeline.core.io import Terminated, atomic_dir, is_complete, read_problems, sigterm_raises, stage_lock
+from pipeline.core.io import Terminated, atomic_dir, is_complete, read_problems, remove_tree, sigterm_raises, stage_lock
 from pipeline.core.procs import run_stage_process
 from tasks import Problem
 
@@ -50,8 +50,9 @@ class Stage(luigi.Task):
     def cfg(self) -> ExperimentConfig:
         try:
             return load_config(self.config, _thaw(self.overrides))
-        except ConfigError as e:  # one line, not a traceback through Luigi's scheduler
-            raise SystemExit(f"error: {e}") from None
+        except ConfigError as e:  # one line, not a traceback through Luigi's scheduler; exit 2 as pipeline.run
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def upstream(self) -> dict[str, "Stage"]:
         return {}
@@ -115,7 +116,7 @@ class Stage(luigi.Task):
         t0 = time.time()
         self.error_file.unlink(missing_ok=True)
         try:
-            with atomic_dir(self.out_dir) as tmp:
+            with atomic_dir(self.out_dir, root=self.cfg.output_dir) as tmp:
                 (tmp / "config.yaml").write_text(yaml.safe_dump(self.stage_config().model_dump(mode="json"), sort_keys=False))
                 info = self.execute(tmp, run_id) or {}
                 info = dict(stage=self.stage, key=self.key, run_id=run_id, seconds=round(time.time() - t0, 1), **info)
@@ -123,7 +124,7 @@ class Stage(luigi.Task):
             tracking.log(self.cfg, run_id, metrics=[("stage_seconds", info["seconds"], 0)])
             tracking.end_stage(self.cfg, run_id)
             for work in WORK_SUFFIXES:  # the stage is complete: its resume points are no longer needed
-                shutil.rmtree(self.work_dir(work), ignore_errors=True)
+                remove_tree(self.work_dir(work), root=self.cfg.output_dir)
         except BaseException as e:
             killed = isinstance(e, (Terminated, KeyboardInterrupt))
             reason = f"{type(e).__name__}: {' '.join(str(e).split())[:1000]}; log: {self.log_path}"

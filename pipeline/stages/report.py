@@ -28,6 +28,7 @@ from pipeline.core.text import md_table as _table
 from pipeline.analysis.family import Family, paired_p
 from pipeline.analysis.passk import paired_difference, paired_values, passk_table
 from pipeline.analysis.sections import analysis_markdown, grader_markdown, per_benchmark, perplexity_markdown
+from pipeline.stages import session
 from pipeline.stages.base import Stage, stage_info
 from pipeline.stages.adaptive import FILE as ADAPTIVE_FILE, Adaptive
 from pipeline.stages.evaluate import Evaluate
@@ -362,6 +363,7 @@ class Report(Stage):
     stage, sections = "report", ("health",)
 
     def upstream(self):
+        session.plain_luigi([self])  # plain `luigi ... Report`: the checks and summary of pipeline.run
         up = {m: Evaluate(self.config, self.overrides, model=m) for m in report_models(self.cfg)}
         up.update(snapshot_evals(self.cfg, self.config, self.overrides))
         up.update({m: Evaluate(self.config, self.overrides, model="base", temperature=t)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from functools import cached_property
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from pipeline.config.sweep import Sweep
 from pipeline.core import tracking
 from pipeline.core.text import md_table as _md_table
 from pipeline.core.io import atomic_dir, is_complete, sigterm_raises, stage_lock
+from pipeline.stages import session
 from pipeline.stages.base import _thaw, stage_info
 from pipeline.stages.report import Report
 
@@ -346,11 +348,14 @@ class Study(luigi.Task):
 
         try:
             return Sweep.from_spec(_thaw(self.spec)) if self.spec else load_sweep(self.sweep)
-        except ConfigError as e:
-            raise SystemExit(f"error: {e}") from None
+        except ConfigError as e:  # one line and exit 2, as pipeline.run
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def requires(self):
-        return {m.name: Report(self.plan.config, m.overrides) for m in self.plan.members}
+        reports = {m.name: Report(self.plan.config, m.overrides) for m in self.plan.members}
+        session.plain_luigi(list(reports.values()))  # plain `luigi ... Study`: the checks and summary of pipeline.run
+        return reports
 
     @cached_property
     def cfg(self) -> ExperimentConfig:  # the study's settings: its first member's
@@ -376,7 +381,7 @@ class Study(luigi.Task):
             if self.complete():
                 return
             reports = {n: Path(r.out_dir) for n, r in self.requires().items()}
-            with atomic_dir(self.out_dir) as tmp:
+            with atomic_dir(self.out_dir, root=self.cfg.output_dir) as tmp:
                 result = write_study_report(self.plan, reports, tmp)
                 (tmp / "stage.json").write_text(json.dumps({"stage": "study", "key": self.key, **result}, indent=2))
             tracking.log_study(self.cfg, self.plan, reports, self.out_dir)

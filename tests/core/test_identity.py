@@ -99,7 +99,7 @@ def test_code_fingerprint_ignores_docstrings_and_comments_but_not_code():
 
 def test_num_processes_changes_training_identity(tmp_path, world_copy):
     config = study(tmp_path, world_copy)
-    assert changed(keys(config), keys(config, {"compute.num_processes": 2})) == {
+    assert changed(keys(config), keys(config, {"compute.num_processes": 2, "compute.launcher": "accelerate"})) == {
         "sft", "rl", "eval-sft", "eval-rl", "perplexity"}
 
 

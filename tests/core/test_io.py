@@ -82,3 +82,42 @@ def test_read_problems_round_trips_and_names_the_bad_line(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"empty\.jsonl: no problems \(expected at least one JSONL row\)$"):
         read_problems(tmp_path / "empty.jsonl")
+
+
+# ---- confinement: no delete or replace outside output_dir ------------------------------------------
+def test_atomic_writes_refuse_a_path_outside_their_root(tmp_path):
+    from pipeline.core.io import UnsafePath, atomic_dir, atomic_file, remove_tree
+
+    root, outside = tmp_path / "runs", tmp_path / "project"
+    (outside / "report").mkdir(parents=True)
+    (outside / "report" / "mine.txt").write_text("the user's")
+    for target in (root / ".." / "project" / "report", root, outside / "report"):
+        with pytest.raises(UnsafePath, match="outside"):
+            with atomic_dir(target, root=root):
+                pass
+        if target != root:  # (a file inside root itself is fine)
+            with pytest.raises(UnsafePath, match="outside"):
+                with atomic_file(target / "f.txt", root=root):
+                    pass
+        with pytest.raises(UnsafePath, match="outside"):
+            remove_tree(target, root=root)
+    assert (outside / "report" / "mine.txt").read_text() == "the user's"
+    with atomic_dir(root / "study" / "stage-1", root=root) as tmp:  # inside: as before
+        (tmp / "x").write_text("1")
+    assert (root / "study" / "stage-1" / "x").read_text() == "1"
+
+
+def test_atomic_dir_never_replaces_a_directory_it_did_not_write(tmp_path):
+    from pipeline.core.io import UnsafePath, atomic_dir
+
+    theirs = tmp_path / "report"
+    theirs.mkdir()
+    (theirs / "notes.md").write_text("keep me")
+    with pytest.raises(UnsafePath, match="was not written by this tool"):
+        with atomic_dir(theirs):
+            pass
+    assert (theirs / "notes.md").read_text() == "keep me" and not list(tmp_path.glob("report.tmp-*"))
+    for i in range(2):  # one it wrote is replaced, as before
+        with atomic_dir(tmp_path / "ours") as tmp:
+            (tmp / "n").write_text(str(i))
+    assert (tmp_path / "ours" / "n").read_text() == "1"
