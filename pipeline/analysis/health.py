@@ -112,9 +112,9 @@ def _verdict(h: dict[str, Any], min_gain: float) -> dict[str, Any]:
     if ok:
         reason = None
     elif h["diff"] < 0 and h["ci_high"] < 0:
-        reason = f"the metric fell ({h['diff']:+.3f}; the one-sided 95% upper bound is below 0)"
+        reason = f"the metric fell ({h['diff']:+.3f}; the one-sided {h.get('level', 0.95):.1%} upper bound is below 0)"
     elif h["ci_low"] <= 0:
-        reason = "the last window is not above the first (the one-sided 95% lower bound is at or below 0)"
+        reason = f"the last window is not above the first (the one-sided {h.get('level', 0.95):.1%} lower bound is at or below 0)"
     else:
         reason = f"the gain {h['diff']:+.3f} is below health.min_gain={min_gain:g}"
     return dict(h, min_gain=min_gain, judged=True, learned=ok, reason=reason)
@@ -160,7 +160,7 @@ def check_arm(history: list[dict[str, Any]], kind: str | tuple[str, ...], min_ga
 
 def check_probe(probe: dict[str, Any], min_gain: float = 0.05, kind: str = "probe") -> dict[str, Any]:
     """The health of an RL arm from its probe.json (pipeline/analysis/probe.py): per-problem accuracy of the
-    probe set at the start and the end of training, a paired one-sided 95% t bound of the gain."""
+    probe set at the start and the end of training, a paired one-sided t bound of the gain at PROBE_LEVEL (0.965)."""
     k = int(probe["samples"])
     start, end = np.array(probe["start"], float) / k, np.array(probe["end"], float) / k
     base = dict(kind=kind, metric="probe accuracy", source=PROBE_FILE, points=len(start))
@@ -172,7 +172,7 @@ def check_probe(probe: dict[str, Any], min_gain: float = 0.05, kind: str = "prob
     if stuck:
         return dict(base, judged=False, learned=False, reason=stuck)
     first, last, diff, lo, hi = (float(x) for x in paired_test(start, end))
-    return _verdict(dict(base, first=first, last=last, diff=diff, ci_low=lo, ci_high=hi), min_gain)
+    return _verdict(dict(base, first=first, last=last, diff=diff, ci_low=lo, ci_high=hi, level=PROBE_LEVEL), min_gain)
 
 
 def describe(arm: str, h: dict[str, Any]) -> str:

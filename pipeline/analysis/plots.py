@@ -74,9 +74,10 @@ def accuracy_histogram(counts: pd.DataFrame, path: str | os.PathLike, title: str
 
 
 def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str,
-                 floor: Mapping[str, Mapping[int, float]] | None = None) -> Path:
+                 floor: Mapping[int, float] | None = None) -> Path:
     """Overlaid pass@k curves with their 95% CI bands (passk.csv's columns), log2 k axis; `floor`
-    {task: {k: pass@k}}, a blind guesser's pass@k (pipeline.analysis.sharpening), as dashed black lines."""
+    {k: pass@k}, a blind guesser's pass@k on the same problems as the curves (pipeline.analysis.sharpening),
+    as a dashed black line."""
     models = list(dict.fromkeys(passk["model"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m in models:
@@ -84,10 +85,9 @@ def passk_curves(passk: pd.DataFrame, path: str | os.PathLike, title: str,
         ax.plot(g["k"], g["pass_at_k"], marker="o", ms=3, label=m, color=color_of(m, models))
         if g["ci_low"].notna().all():
             ax.fill_between(g["k"], g["ci_low"], g["ci_high"], alpha=0.2, color=color_of(m, models))
-    for task, curve in (floor or {}).items():
-        ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], "--", color="black", lw=1,
-                label="blind guesser" + (f" ({task})" if len(floor) > 1 else ""))
+    if floor:
+        ks = sorted(floor)
+        ax.plot(ks, [floor[k] for k in ks], "--", color="black", lw=1, label="blind guesser")
     _log2_k_axis(ax, sorted(passk["k"].unique()))
     ax.set_ylabel("pass@k")
     ax.set_ylim(0, 1.02)

@@ -101,13 +101,24 @@ def crossover_words(c: Mapping[str, Any]) -> str:
     return f"k = {c['k']}" + ("" if lo is None else f" [{lo}, {hi}]")
 
 
-def guesser_passk(test_answers: list[str], train_answers: list[str], ks: list[int]) -> dict[int, float]:
+GUESS_CHECKS = 50_000  # most (test answer, training answer) pairs the guesser grades with the task's verify
+
+
+def guesser_passk(test_answers: list[str], train_answers: list[str], ks: list[int],
+                  accepts: Callable[[str, str], bool] | None = None) -> dict[int, float]:
     """Exact pass@k of a guesser that draws each answer independently from the training answers'
-    empirical distribution: mean over test problems of 1 - (1 - p_i)^k."""
+    empirical distribution: mean over test problems of 1 - (1 - p_i)^k, p_i the share of training answers
+    that the grader accepts for problem i: accepts(test answer, guess) (the task's verify, which takes "0.5"
+    for "1/2" where the task does), else the same string; exact strings too past GUESS_CHECKS pairs."""
     if not train_answers:
         raise ValueError("guesser_passk: no training answers to draw from")
-    freq = Counter(train_answers)
-    p = np.array([freq.get(a, 0) / len(train_answers) for a in test_answers], dtype=float)
+    freq = Counter(a.strip() for a in train_answers)
+    golds = sorted({a.strip() for a in test_answers})
+    if accepts is not None and len(golds) * len(freq) <= GUESS_CHECKS:
+        share = {g: sum(c for guess, c in freq.items() if accepts(g, guess)) / len(train_answers) for g in golds}
+    else:
+        share = {g: freq.get(g, 0) / len(train_answers) for g in golds}
+    p = np.array([share[a.strip()] for a in test_answers], dtype=float)
     return {k: float(np.mean(1 - (1 - p) ** k)) for k in ks}
 
 
@@ -127,14 +138,16 @@ def net_gain(pp: Mapping[str, pd.DataFrame], arm: str, group: list[str], k: int,
 def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: list[str], controls: Mapping[str, list[str]],
             sharpened: list[str], k_max: int, ks: list[int], train_answers: Mapping[str, list[str]], reasoning: Mapping[str, Any] | None,
             canonical: Callable[[Any, str], str | None], ppl_records: list[dict] | None, n_boot: int, seed: int,
-            out, judge: Callable[[list[str], dict, float], str], family: Family | None = None) -> dict[str, Any]:
+            out, judge: Callable[[list[str], dict, float], str], family: Family | None = None,
+            verify: Callable[[Any, str], bool] | None = None) -> dict[str, Any]:
     """Every analysis above for the report: {"markdown": [...], "warning": [...] (for the report's top),
     "metrics": [(name, value, step)], "data": {...}} and, in `out`, sharpening.json,
     support_transitions.csv/.png and log_ratio_gain.png. `arms` are the trained arms compared with the base,
     `controls` {arm: its control arms}, `sharpened` the base's lower-temperature rows, `runs` the loaded
     EvalRuns (pipeline.analysis.analyses). Every claim goes into `family` (pipeline.analysis.family): the
     paired differences through `judge(models, v, p)` (v: diff, ci_low, ci_high, mdd; p its p-value), which
-    registers v and returns a placeholder for its words; without a family the section decides its own."""
+    registers v and returns a placeholder for its words; without a family the section decides its own.
+    `verify(problem, completion)`, the task's grader, decides which training answers the guesser gets right."""
     own_family = family is None
     family = family or Family()
     from pipeline.analysis import plots
@@ -173,17 +186,25 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
     floor, rows = {}, []
     for task, answers in by_task.items():
         if train_answers.get(task):
-            floor[task] = guesser_passk(answers, train_answers[task], sorted({1, k_max, *ks}))
+            one = {test[pid].answer.strip(): test[pid] for pid in base["problem_id"] if test[pid].task == task}
+            accepts = None if verify is None else (lambda gold, guess, one=one: bool(verify(one[gold], f"<answer>{guess}</answer>")))
+            floor[task] = guesser_passk(answers, train_answers[task], sorted({1, k_max, *ks}), accepts)
             ids = [pid for pid in base["problem_id"] if test[pid].task == task]
             b_top = _mean(base[base["problem_id"].isin(ids)], k_max)
             rows.append([task, len(answers), floor[task][1], floor[task][k_max], b_top,
                          f"{floor[task][k_max] / b_top:.0%}" if b_top else "n/a"])
             metrics.append((f"summary/guesser_pass_at_{k_max}_{task}", floor[task][k_max], 0))
     data["guesser"] = floor
+    if floor and len(floor) == len(by_task):  # the plot's curves pool every task's problems: so does its floor line
+        pooled = {k: sum(len(by_task[t]) * floor[t][k] for t in floor) / len(base) for k in next(iter(floor.values()))}
+    else:
+        pooled = None
+    data["guesser_pooled"] = pooled
     md += ["", "### The guessing floor", "",
            "A blind guesser draws each answer from its task's training answers; its pass@k is exact, "
-           "1 − (1 − p_i)^k averaged over test problems, where p_i is the share of training answers equal to "
-           "problem i's answer. It is the dashed line on the pass@k plot.", ""]
+           "1 − (1 − p_i)^k averaged over test problems, where p_i is the share of training answers the task's grader "
+           "accepts for problem i (its `verify`, so every form of the answer counts). It is the dashed line on the "
+           "pass@k plot (over all tasks' problems together when there are several).", ""]
     md += _table(["task", "test problems", "guesser pass@1", f"guesser pass@{k_max}", f"base pass@{k_max}",
                   "guesser / base"], rows) if rows else ["No task has training answers to guess from."]
     high = [r for r in rows if isinstance(r[4], float) and r[4] > 0 and r[3] >= 0.5 * r[4]]
@@ -304,7 +325,7 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
         family.decide()
         md, warn = [family.fill(x) for x in md], [family.fill(x) for x in warn]
     write_json_atomic(out / "sharpening.json", data)
-    return dict(markdown=md, warning=warn, metrics=metrics, data=data, floor=floor)
+    return dict(markdown=md, warning=warn, metrics=metrics, data=data, floor=floor, pooled_floor=pooled)
 
 
 def _mean(pp: pd.DataFrame, k: int) -> float:

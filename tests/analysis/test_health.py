@@ -140,3 +140,13 @@ def test_health_a_curriculum_must_reach_every_level_it_names():
                                           r"reach level 3 .*expected rl.max_steps >= 17"):
         load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks), "rl.max_steps": 16})
     assert load_config("configs/knights-knaves.yaml", {"tasks": yaml.safe_load(tasks), "rl.max_steps": 17})
+
+
+def test_the_probe_bound_is_labelled_at_its_level():
+    """The probe's paired bound runs at PROBE_LEVEL (0.965), and its words and the report's table say so."""
+    from pipeline.analysis.health import PROBE_LEVEL, check_probe
+    from pipeline.stages.report import health_markdown
+
+    h = check_probe({"samples": 4, "start": [1, 2, 0, 3] * 8, "end": [1, 2, 0, 3] * 8})
+    assert h["level"] == PROBE_LEVEL == 0.965 and not h["learned"] and "one-sided 96.5% lower bound" in h["reason"]
+    assert "(96.5%)" in "\n".join(health_markdown({"rl": h}))

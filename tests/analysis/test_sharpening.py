@@ -50,6 +50,20 @@ def test_guesser_passk_is_exact():
         sh.guesser_passk(["1"], [], [1])
 
 
+def test_the_guesser_is_graded_like_the_models():
+    """The guessing floor counts a training answer as right when the task's grader (verify) accepts it, so
+    "0.5" and "1/2" both hit a gold answer of \\frac{1}{2} on math, as they would in a model's sample."""
+    from tasks.base import Problem
+    from tasks.math import MathTask
+
+    task = MathTask()
+    gold = Problem(id="m", task="math", question="?", answer="\\frac{1}{2}")
+    accepts = lambda g, guess: task.verify(gold, f"<answer>{guess}</answer>")  # noqa: E731
+    train = ["0.5", "1/2", "3", "4"]
+    assert sh.guesser_passk([gold.answer], train, [1, 2], accepts) == pytest.approx({1: 0.5, 2: 0.75})
+    assert sh.guesser_passk([gold.answer], train, [1])[1] == 0  # exact strings: no hit
+
+
 def test_support_transitions_per_level():
     base, arm = pp([1, 0, 2, 0]), pp([3, 1, 0, 0])
     levels = {"p0": "1", "p1": "1", "p2": "2", "p3": "2"}
@@ -278,6 +292,25 @@ def test_section_warns_of_a_high_guessing_floor_and_nets_controls(tmp_path):
     assert res["data"]["distinct_correct"]["m"] == 4
     d = res["data"]["distinct_correct"]["rl"]
     assert (d["problems"], d["mean"], d["shared_with_base"]) == (1, 2.0, 0) and math.isnan(d["mean_shared"])
+    # one task: the plot's floor line is that task's floor
+    assert res["pooled_floor"] == pytest.approx(floor)
     # answers no training answer matches: a floor of zero, no warning
     res = sh.section(pps, runs, train_answers={"toy_arith": ["7"] * 10}, **common)
     assert res["floor"]["toy_arith"][4] == 0 and not res["warning"]
+
+
+def test_the_plot_floor_pools_the_tasks_like_the_curves(tmp_path):
+    """Two tasks on one pass@k plot: the curves pool every problem, so the floor line is the guesser's pass@k
+    over all problems (each task's floor weighted by its test problems), not one line per task over them."""
+    from pipeline.analysis.analyses import EvalRun
+    from tasks.base import Problem
+
+    probs = {f"p{i}": Problem(id=f"p{i}", task="a" if i < 3 else "b", question="1+1", answer="2", difficulty=1) for i in range(4)}
+    rows = [dict(problem_id=f"p{i}", sample_index=j, completion="x", correct=False) for i in range(4) for j in range(4)]
+    pps = {m: pp([1, 0, 0, 2]) for m in ("base", "rl")}
+    runs = {m: EvalRun(m, None, pps[m], pd.DataFrame(rows), probs) for m in pps}
+    res = sh.section(pps, runs, arms=["rl"], controls={}, sharpened=[], k_max=4, ks=[1, 4], reasoning=None,
+                     train_answers={"a": ["2", "3"], "b": ["2", "3", "3", "3"]}, canonical=lambda p, c: None,
+                     ppl_records=None, n_boot=0, seed=0, out=tmp_path, judge=lambda models, v, p: "words")
+    assert res["floor"]["a"][1] == 0.5 and res["floor"]["b"][1] == 0.25
+    assert res["pooled_floor"][1] == pytest.approx((3 * 0.5 + 1 * 0.25) / 4)
