@@ -53,6 +53,8 @@ class Stage(luigi.Task):
         except ConfigError as e:  # one line, not a traceback through Luigi's scheduler
             raise SystemExit(f"error: {e}") from None
 
+    nested = True  # its MLflow run folds under the experiment's parent run (tracking.start_stage)
+
     def upstream(self) -> dict[str, "Stage"]:
         return {}
 
@@ -110,7 +112,7 @@ class Stage(luigi.Task):
 
     def _run_once(self):
         self.progress(f"{self.stage}: starting", 0)
-        run_id = tracking.start_stage(self.cfg, self.stage, self.key, self.lineage(), self.run_name)
+        run_id = tracking.start_stage(self.cfg, self.stage, self.key, self.lineage(), self.run_name, self.nested)
         t0 = time.time()
         self.error_file.unlink(missing_ok=True)
         try:

@@ -163,6 +163,22 @@ def test_logging_a_dataset_leaves_the_stage_run_open(tmp_path, toyworld):
     assert got.inputs.dataset_inputs[0].tags[0].value == "training"
 
 
+def test_logged_metrics_carry_the_time_of_logging_and_any_batch_size(tmp_path, toyworld):
+    import time
+
+    cfg = load_config(make_config(tmp_path, toyworld))
+    run = tracking.start_stage(cfg, "problems", "k")
+    before = int(time.time() * 1000)
+    tracking.log(cfg, run, params={f"p{i}": i for i in range(250)}, metrics=[("m", float(i), i) for i in range(1500)],
+                 tags={f"t{i}": i for i in range(150)})
+    c = tracking.client(cfg)
+    hist = c.get_metric_history(run, "m")
+    assert len(hist) == 1500 and {h.step for h in hist} == set(range(1500))
+    assert min(h.timestamp for h in hist) >= before  # not 0: MLflow's time axes read the real time
+    got = c.get_run(run).data
+    assert len([k for k in got.params if k.startswith("p")]) == 250 and got.tags["dvr.t149"] == "149"
+
+
 # ---- the RL settings reach TRL -------------------------------------------------------------------
 def test_every_grpo_setting_reaches_grpoconfig(tmp_path, toyworld):
     from pipeline.config import RLConfig, TaskSpec
