@@ -185,6 +185,21 @@ def log(
         (c.log_artifacts if a.is_dir() else c.log_artifact)(run_id, str(a), artifact_path)
 
 
+def register_model(cfg: ExperimentConfig, run_id: str, name: str, path: str | None = None) -> str:
+    """A new version of registered model `name` from this run: its `model` artifact, or the
+    directory `path` by reference (a model too large to copy into the artifact store). Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(cfg)
+    try:
+        c.create_registered_model(name, tags={f"{TAG}experiment": cfg.name})
+    except MlflowException:  # registered by an earlier run
+        pass
+    source = path or f"{c.get_run(run_id).info.artifact_uri}/model"
+    tags = {f"{TAG}by_reference": str(path is not None).lower()}
+    return str(c.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+
 def log_dataset(cfg: ExperimentConfig, run_id: str, df: pd.DataFrame, name: str, source: str, context: str) -> None:
     """Record a table (problems, traces) as a dataset input of the run, with its digest and schema."""
     import mlflow

@@ -179,11 +179,16 @@ def load_problems(problems_dir: str | Path, split: str) -> list[Problem]:
     return read_problems(Path(problems_dir) / f"{split}.jsonl")
 
 
-def log_model(cfg: ExperimentConfig, run_id: str, model_dir: Path, final_path: Path) -> None:
-    """Small models are logged as artifacts; big ones are referenced by path (a tag)."""
+def log_model(cfg: ExperimentConfig, run_id: str, model_dir: Path, final_path: Path, name: str = "model") -> str:
+    """Small models are logged as artifacts; big ones are referenced by path (a tag). Either way the
+    model becomes a version of `<experiment>-<name>` in MLflow's model registry, whose source is the
+    logged artifact or, over log_model_max_mb, the model's directory. Returns the version."""
     size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20
+    logged = size_mb <= cfg.tracking.log_model_max_mb
     tracking.log(cfg, run_id, tags={"model_path": str(final_path.resolve()), "model_mb": round(size_mb, 1)},
-                 artifacts=[model_dir] if size_mb <= cfg.tracking.log_model_max_mb else [], artifact_path="model")
+                 artifacts=[model_dir] if logged else [], artifact_path="model")
+    return tracking.register_model(cfg, run_id, f"{cfg.experiment_name}-{name}",
+                                   None if logged else str(final_path.resolve()))
 
 
 def _thaw(v):

@@ -201,3 +201,22 @@ def test_every_grpo_setting_reaches_grpoconfig(tmp_path, toyworld):
     import json
 
     assert [json.loads(x)["difficulty"] for x in t.train_dataset["problem"]] == [1, 1, 2, 2]
+
+
+def test_a_trained_model_is_registered_logged_or_by_reference(tmp_path, toyworld):
+    from pipeline.stages.base import log_model
+
+    cfg = load_config(make_config(tmp_path, toyworld, tracking={"log_model_max_mb": 0.001}))
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir(), big.mkdir()
+    (small / "w.bin").write_bytes(b"x" * 100)
+    (big / "w.bin").write_bytes(b"x" * 10_000)
+    c = tracking.client(cfg)
+    run1, run2 = tracking.start_stage(cfg, "rl", "a"), tracking.start_stage(cfg, "rl", "b")
+    assert log_model(cfg, run1, small, small, name="rl") == "1"
+    assert log_model(cfg, run2, big, big, name="rl") == "2"
+    v1, v2 = c.get_model_version("st-rl", "1"), c.get_model_version("st-rl", "2")
+    assert v1.run_id == run1 and v1.source.endswith("/model") and v1.tags["dvr.by_reference"] == "false"
+    assert [a.path for a in c.list_artifacts(run1, "model")] == ["model/w.bin"]
+    assert v2.source == str(big.resolve()) and v2.tags["dvr.by_reference"] == "true"  # too big to copy
+    assert not c.list_artifacts(run2, "model")
