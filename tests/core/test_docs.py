@@ -31,7 +31,17 @@ def test_docs_link_only_to_files_that_exist():
                 continue
             if not (p.parent / target).exists():
                 missing.append(f"{p.relative_to(ROOT)}: {m.group(1)}")
+            elif "#" in m.group(1) and target.endswith(".md"):
+                anchor = m.group(1).split("#", 1)[1]
+                if anchor not in _anchors(p.parent / target):
+                    missing.append(f"{p.relative_to(ROOT)}: {m.group(1)} (no such heading)")
     assert not missing, "links to missing files:\n" + "\n".join(missing)
+
+
+def _anchors(md: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.+)$", _prose(md.read_text()), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
 
 
 def test_nothing_refers_to_notes_outside_the_repository():
