@@ -220,3 +220,19 @@ def test_a_trained_model_is_registered_logged_or_by_reference(tmp_path, toyworld
     assert [a.path for a in c.list_artifacts(run1, "model")] == ["model/w.bin"]
     assert v2.source == str(big.resolve()) and v2.tags["dvr.by_reference"] == "true"  # too big to copy
     assert not c.list_artifacts(run2, "model")
+
+
+def test_push_to_hub_is_off_by_default_and_a_failed_push_keeps_the_run(tmp_path, toyworld):
+    """The push itself cannot be exercised here (no hub); without one it fails, is tagged, and the
+    model is still registered."""
+    from pipeline.stages.base import log_model
+
+    assert load_config(make_config(tmp_path, toyworld)).tracking.push_to_hub is None
+    cfg = load_config(make_config(tmp_path, toyworld, tracking={"push_to_hub": "nobody-offline"}))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"x")
+    run = tracking.start_stage(cfg, "rl", "a")
+    assert log_model(cfg, run, model, model, name="rl") == "1"
+    tags = tracking.client(cfg).get_run(run).data.tags
+    assert tags["dvr.hub_repo"] == "nobody-offline/st-rl" and tags["dvr.hub_error"]
