@@ -14,9 +14,11 @@ nothing and says so.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import luigi
 
@@ -50,7 +52,21 @@ def main(argv=None) -> int:
     ap.add_argument("--study", help="the study name of a --sweep (default: <name>-sweep)")
     ap.add_argument("--workers", type=int, default=2, help="Luigi workers (2 lets SFT and RL train in parallel)")
     ap.add_argument("--scheduler-url", help="a running luigid, e.g. http://localhost:8082 (default: local scheduler)")
+    ap.add_argument("--dry-run", action="store_true", help="validate, then list the stages that would run and "
+                    "those cached (with their last wall time); writes nothing")
+    ap.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage (e.g. rl, "
+                    "eval-base, traces) and every stage that depends on it")
+    ap.add_argument("--clean", action="store_true", help="list the study's stage directories the config no "
+                    "longer refers to (with --yes: remove them)")
+    ap.add_argument("--yes", action="store_true", help="with --clean: remove what it lists")
+    ap.add_argument("--list-tasks", action="store_true", help="list the tasks and their options, then exit")
     a = ap.parse_args(argv)
+    if a.list_tasks:
+        from pipeline.plan import task_listing
+
+        print("\n".join(task_listing()))
+        print("every task spec also takes: label, train_size, test_size, levels, seed, options")
+        return 0
     try:
         single, sweep = plan(a.config, parse_assignments(a.set, "--set"), parse_assignments(a.sweep, "--sweep"), a.study)
     except ConfigError as e:
@@ -61,13 +77,75 @@ def main(argv=None) -> int:
     else:
         top = Study(spec=sweep.spec())
         reports = list(top.requires().values())
+    roots = [top] if top is not None else reports
+    if a.dry_run:
+        return _dry_run(roots, reports, a.force)
     try:
+        if a.clean:
+            return _clean(roots, reports, top, a.yes)
         with ExitStack() as held:
             session.hold(reports, not a.scheduler_url, held)
-            return _build(reports, a, top)
+            if not a.force:
+                return _build(reports, a, top)
+            from pipeline import plan as p
+
+            aside = p.set_aside(p.forced(roots, a.force))
+            for d in aside:
+                print(f"forced: {d.name.removesuffix(p.ASIDE)} reruns (its previous output waits at {d} until it completes)")
+            code = _build(reports, a, top)
+            if code == 0:
+                p.drop(aside)
+            return code
+    except ValueError as e:  # --force naming no stage of this config
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 3
+
+
+def _dry_run(roots, reports, force: list[str]) -> int:
+    """Validation and the plan, nothing written: which stages are cached and which would run."""
+    from pipeline import plan as p
+
+    try:
+        out = Path(reports[0].cfg.output_dir).resolve()
+        parent = next(d for d in (out, *out.parents) if d.exists())
+        if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+            raise ConfigError(f"output_dir: {out} cannot be created or written ({parent} is not a writable directory)")
+        redo = {t.task_id for t in p.forced(roots, force)} if force else set()
+        lines, todo = p.dry_run(roots, redo)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # a stage's config error, already one line
+        print(e, file=sys.stderr)
+        return 2
+    print(f"dry run: {len(lines)} stages, {todo} would run, {len(lines) - todo} cached")
+    print("\n".join(lines))
+    return 0
+
+
+def _clean(roots, reports, top, yes: bool) -> int:
+    """List (and with `yes`, remove) the study's directories no task of the current config writes."""
+    from pipeline import plan as p
+
+    run_dirs = sorted({r.cfg.run_dir for r in reports})
+    found = p.stale(roots, run_dirs, {r.cfg.name for r in reports})
+    if not found:
+        print(f"nothing to clean in {', '.join(map(str, run_dirs))}")
+        return 0
+    for d in found:
+        print(f"{'removing' if yes else 'stale'}  {d}  ({p.size_mb(d):.1f} MB)")
+    if not yes:
+        print(f"{len(found)} director{'y' if len(found) == 1 else 'ies'} the current config does not refer to; "
+              f"rerun with --clean --yes to remove them")
+        return 0
+    with ExitStack() as held:  # never under a running study
+        session.hold(reports, True, held)
+        p.drop(found)
+    print(f"removed {len(found)}")
+    return 0
 
 
 def _build(reports: list[Report], a, top: Study | None = None) -> int:

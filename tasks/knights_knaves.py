@@ -1,5 +1,5 @@
 """knights_knaves: reasoning-gym's Knights-and-Knaves puzzles, levels = number of people,
-with the Logic-RL reward as an option (shared/paper-notes.md).
+with the Logic-RL reward as an option (Xie et al. 2025, Logic-RL).
 
 `verify` is reasoning-gym's `score_answer == 1.0` (the inherited ReasoningGymTask check). The
 Logic-RL reward (Xie et al. 2025, scoring as in their kk.py) adds:

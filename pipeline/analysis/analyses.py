@@ -2,7 +2,8 @@
 
 Each model has one evaluation directory (written by pipeline.stages.evaluate): samples.jsonl,
 problems.jsonl, per_problem.csv (model,problem_id,n,correct) and passk.csv. Nothing here loads
-a model. The analyses follow Yue et al. 2025 (see /work/shared/paper-notes.md):
+a model. The analyses follow Yue et al. 2025 ("Does Reinforcement Learning Really Incentivize Reasoning
+Capacity in LLMs Beyond the Base Model?"):
 
 - coverage: the solvable set of each model (problems with c > 0), Venn counts against the base,
   and the problems a model lost / gained against the base with one sample completion each;

@@ -130,3 +130,14 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_bo
         return float(d.mean()), math.nan, math.nan, len(d), mdd(d)
     m, lo, hi = paired_ci(d, level)
     return float(m), float(lo), float(hi), len(d), mdd(d)
+
+
+def task_curves(per_problem: pd.DataFrame, task_of: dict[str, str], ks: list[int]) -> list[tuple[str, float, int]]:
+    """(`pass_at_k/<task>`, pass@k, k) for one model's per-problem counts, per task label: every
+    model's evaluation logs the same keys at step = k, so MLflow draws them on one chart per task."""
+    out = []
+    for task, g in per_problem.groupby(per_problem["problem_id"].map(task_of), sort=True):
+        ok = [k for k in ks if k <= g["n"].min()]
+        means = per_problem_passk(g["n"].to_numpy(), g["correct"].to_numpy(), ok).mean(axis=0)
+        out += [(f"pass_at_k/{task}", float(v), int(k)) for k, v in zip(ok, means)]
+    return out

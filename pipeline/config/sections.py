@@ -164,6 +164,7 @@ class TrackingConfig(Strict):
     uri: str | None = None  # default sqlite:///<output_dir>/mlflow.db; MLFLOW_TRACKING_URI overrides
     experiment: str | None = None  # default: the experiment name
     log_model_max_mb: float = Field(50, ge=0)  # models up to this size are logged as artifacts, else referenced
+    push_to_hub: str | None = None  # a hub user or organisation: each trained arm is pushed to <it>/<experiment>-<arm> (private)
 
     def resolved_uri(self, output_dir: str) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or self.uri or f"sqlite:///{Path(output_dir).resolve()}/mlflow.db"

@@ -150,11 +150,13 @@ def _create_parent(cfg: ExperimentConfig, c: MlflowClient, exp: str) -> str:
 
 
 def start_stage(cfg: ExperimentConfig, stage: str, key: str, lineage: dict[str, Any] | None = None,
-                run_name: str | None = None) -> str:
-    """A fresh child run for one execution of a stage; returns its id."""
+                run_name: str | None = None, nested: bool = True) -> str:
+    """A fresh run for one execution of a stage, returns its id: a child of the experiment's parent
+    run, or with `nested=False` a top-level run that names its parent in `dvr.parent_run_id` (the
+    UI's chart view draws top-level runs only, so a model's evaluation is one line among the others)."""
     parent = parent_run(cfg)
     close_orphans(cfg)
-    tags = {"mlflow.parentRunId": parent, f"{TAG}stage": stage, f"{TAG}hash": key, f"{TAG}experiment": cfg.name,
+    tags = {"mlflow.parentRunId" if nested else f"{TAG}parent_run_id": parent, f"{TAG}stage": stage, f"{TAG}hash": key, f"{TAG}experiment": cfg.name,
             f"{TAG}owner": process_token()}
     tags.update({f"{TAG}{k}": str(v) for k, v in (lineage or {}).items()})
     return client(cfg).create_run(experiment_id(cfg), run_name=f"{run_name or stage}-{key}", tags=tags).info.run_id
@@ -172,18 +174,30 @@ def log(
     from mlflow.entities import Metric, Param, RunTag
 
     c = client(cfg)
+    now = int(time.time() * 1000)  # the time of logging: MLflow's time axes and "Relative time"
     ps = [Param(k, str(v)[:MAX_PARAM]) for k, v in (params or {}).items()]
-    ms = [Metric(k, float(v), 0, int(s)) for k, v, s in (metrics or [])]
+    ms = [Metric(k, float(v), now, int(s)) for k, v, s in (metrics or [])]
     ts = [RunTag(k if k.startswith(("mlflow.", TAG)) else TAG + k, str(v)) for k, v in (tags or {}).items()]
-    for i in range(0, len(ps), 100):  # log_batch takes at most 100 params/tags and 1000 metrics a call
-        c.log_batch(run_id, params=ps[i : i + 100])
-    for i in range(0, len(ts), 100):
-        c.log_batch(run_id, tags=ts[i : i + 100])
-    for i in range(0, len(ms), 1000):
-        c.log_batch(run_id, metrics=ms[i : i + 1000])
+    if ps or ms or ts:  # MlflowClient splits a batch into the store's per-call limits itself
+        c.log_batch(run_id, metrics=ms, params=ps, tags=ts)
     for a in artifacts:
         a = Path(a)
         (c.log_artifacts if a.is_dir() else c.log_artifact)(run_id, str(a), artifact_path)
+
+
+def register_model(cfg: ExperimentConfig, run_id: str, name: str, path: str | None = None) -> str:
+    """A new version of registered model `name` from this run: its `model` artifact, or the
+    directory `path` by reference (a model too large to copy into the artifact store). Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(cfg)
+    try:
+        c.create_registered_model(name, tags={f"{TAG}experiment": cfg.name})
+    except MlflowException:  # registered by an earlier run
+        pass
+    source = path or f"{c.get_run(run_id).info.artifact_uri}/model"
+    tags = {f"{TAG}by_reference": str(path is not None).lower()}
+    return str(c.create_model_version(name, source, run_id=run_id, tags=tags).version)
 
 
 def log_dataset(cfg: ExperimentConfig, run_id: str, df: pd.DataFrame, name: str, source: str, context: str) -> None:

@@ -54,6 +54,8 @@ class Stage(luigi.Task):
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    nested = True  # its MLflow run folds under the experiment's parent run (tracking.start_stage)
+
     def upstream(self) -> dict[str, "Stage"]:
         return {}
 
@@ -112,7 +114,7 @@ class Stage(luigi.Task):
 
     def _run_once(self):
         self.progress(f"{self.stage}: starting", 0)
-        run_id = tracking.start_stage(self.cfg, self.stage, self.key, self.lineage(), self.run_name)
+        run_id = tracking.start_stage(self.cfg, self.stage, self.key, self.lineage(), self.run_name, self.nested)
         t0 = time.time()
         self.error_file.unlink(missing_ok=True)
         try:
@@ -179,11 +181,34 @@ def load_problems(problems_dir: str | Path, split: str) -> list[Problem]:
     return read_problems(Path(problems_dir) / f"{split}.jsonl")
 
 
-def log_model(cfg: ExperimentConfig, run_id: str, model_dir: Path, final_path: Path) -> None:
-    """Small models are logged as artifacts; big ones are referenced by path (a tag)."""
+def log_model(cfg: ExperimentConfig, run_id: str, model_dir: Path, final_path: Path, name: str = "model") -> str:
+    """Small models are logged as artifacts; big ones are referenced by path (a tag). Either way the
+    model becomes a version of `<experiment>-<name>` in MLflow's model registry, whose source is the
+    logged artifact or, over log_model_max_mb, the model's directory. Returns the version."""
     size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20
+    logged = size_mb <= cfg.tracking.log_model_max_mb
     tracking.log(cfg, run_id, tags={"model_path": str(final_path.resolve()), "model_mb": round(size_mb, 1)},
-                 artifacts=[model_dir] if size_mb <= cfg.tracking.log_model_max_mb else [], artifact_path="model")
+                 artifacts=[model_dir] if logged else [], artifact_path="model")
+    if cfg.tracking.push_to_hub:
+        push_to_hub(cfg, run_id, model_dir, f"{cfg.tracking.push_to_hub}/{cfg.experiment_name}-{name}")
+    return tracking.register_model(cfg, run_id, f"{cfg.experiment_name}-{name}",
+                                   None if logged else str(final_path.resolve()))
+
+
+def push_to_hub(cfg: ExperimentConfig, run_id: str, model_dir: Path, repo: str) -> None:
+    """Upload a trained model to a private hub repository (tracking.push_to_hub; off by default, and
+    untested here: the machines this project is tested on have no hub). A failed push is reported
+    and tagged (dvr.hub_error), not raised: the trained model stays in its stage directory."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo, private=True, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(model_dir), repo_id=repo, commit_message=f"{cfg.name} run {run_id}")
+        tracking.log(cfg, run_id, tags={"hub_repo": repo, "hub_commit": getattr(commit, "oid", "")})
+    except Exception as e:  # noqa: BLE001 - no network, no token, no rights: the run's result stands
+        print(f"[push_to_hub] {repo}: not pushed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})", flush=True)
+        tracking.log(cfg, run_id, tags={"hub_repo": repo, "hub_error": f"{type(e).__name__}: {e}"[:1000]})
 
 
 def _thaw(v):

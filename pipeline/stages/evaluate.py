@@ -37,7 +37,7 @@ from pipeline.arms import arms, is_arm
 from pipeline.arms.common import SNAPSHOTS
 from pipeline.core import tracking
 from pipeline.core.io import atomic_dir, is_complete, read_jsonl, read_problems, write_jsonl, write_jsonl_atomic
-from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, passk_table
+from pipeline.analysis.passk import PER_PROBLEM_COLUMNS, passk_table, task_curves
 from pipeline.sampling.backends import Engine, Sample, load_tokenizer, resolve_backend
 from pipeline.stages.base import Stage, _gpu
 from pipeline.stages.problems import Problems
@@ -363,6 +363,12 @@ class Evaluate(Stage):
         return f"eval-{self.model}" + (f"-step{self.step}" if self.step else "") + (f"-T{self.temperature:g}" if self.temperature else "")
 
     @property
+    def nested(self) -> bool:
+        """Top-level in MLflow (so the chart view overlays every model's `pass_at_k/<task>`), except
+        snapshots, temperatures and a sweep's evaluations (its members' parent runs are the lines)."""
+        return bool(self.step or self.temperature or self.cfg.study)
+
+    @property
     def out_dir(self) -> Path:
         return self.cfg.run_dir / f"{self.run_name}-{self.key}"
 
@@ -394,6 +400,8 @@ class Evaluate(Stage):
         passk = pd.read_csv(tmp / "passk.csv")
         metrics = [("pass_at_k", r.pass_at_k, r.k) for r in passk.itertuples()]
         metrics += [(f"pass_at_{r.k}", r.pass_at_k, 0) for r in passk.itertuples()]
+        task_of = {p.id: p.task for p in read_problems(tmp / "problems.jsonl")}
+        metrics += task_curves(pd.read_csv(tmp / "per_problem.csv", dtype={"problem_id": str}), task_of, sorted(passk["k"]))
         used = {**ev.model_dump(mode="json"), **({"temperature": self.temperature} if self.temperature else {})}
         tracking.log(self.cfg, run_id, params=tracking.flat_params(used, "eval."), metrics=metrics,
                      artifacts=[tmp / "passk.csv", tmp / "per_problem.csv", tmp / "summary.json"])

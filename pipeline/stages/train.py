@@ -76,7 +76,7 @@ class Train(Stage):
         self.subprocess("pipeline.arms", [self.spec.module, "--config", str(tmp / "config.yaml"), flag, self.data_file(),
                         "--out", str(tmp / "model"), "--checkpoints", str(self.work_dir(".ckpt")), *start],
                         run_id, devices=self.cfg.compute.devices.get(self.arm), train=True)
-        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model")
+        log_model(self.cfg, run_id, tmp / "model", self.out_dir / "model", name=self.arm)
         return {"model": str(self.out_dir / "model"), "arm": self.arm}
 
     def with_vllm_server(self, tmp, run_id, extra):

@@ -101,3 +101,15 @@ def test_predicted_mdd_scales_with_the_square_root_of_the_test_set():
     assert predicted_mdd(a, b, 1, 8, 200) == pytest.approx(measured)
     assert predicted_mdd(a, b, 1, 8, 800) == pytest.approx(measured / 2)
     assert mdd(np.zeros(5)) == 0 and np.isnan(mdd(np.ones(1)))
+
+
+def test_task_curves_give_each_task_its_own_pass_at_k_key_at_step_k():
+    from pipeline.analysis.passk import task_curves
+
+    pp = pd.DataFrame({"problem_id": ["a1", "a2", "b1"], "n": [4, 4, 4], "correct": [4, 0, 2], "model": "m"})
+    got = task_curves(pp, {"a1": "arith", "a2": "arith", "b1": "gsm8k"}, [1, 2, 4])
+    assert [(k, s) for k, _, s in got] == [("pass_at_k/arith", 1), ("pass_at_k/arith", 2), ("pass_at_k/arith", 4),
+                                           ("pass_at_k/gsm8k", 1), ("pass_at_k/gsm8k", 2), ("pass_at_k/gsm8k", 4)]
+    val = {(k, s): v for k, v, s in got}
+    assert val["pass_at_k/arith", 1] == 0.5 and val["pass_at_k/gsm8k", 1] == 0.5
+    assert val["pass_at_k/gsm8k", 4] == 1.0 and val["pass_at_k/arith", 4] == 0.5

@@ -122,3 +122,34 @@ def test_an_override_can_index_a_list():
                      ("seed.x", "seed is 0, not a section")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             load_config("configs/tiny.yaml", {key: 1})
+
+
+def test_the_field_table_in_configuration_md_is_the_schemas():
+    from pipeline.config.doc import DOC, field_table, render
+
+    doc = DOC.read_text()
+    assert render(doc) == doc, "docs/configuration.md's field table is out of date: run python -m pipeline.config.doc"
+    assert "| `rl.loss_type` | 'grpo' \\| 'bnpo' \\| 'dr_grpo' \\| 'dapo' | `'dapo'` |" in field_table()
+    assert "| `eval.n` |" in doc and "| `tasks[].test_size` | int | `100` |" in doc
+
+
+def test_the_readme_example_is_a_sensible_real_model_study(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "my-study" in b]
+    p = tmp_path / "my-study.yaml"
+    p.write_text(block)
+    cfg = load_config(str(p))
+    # the toy world's defaults would cut the teacher's traces and RL's completions far below what
+    # the evaluation allows, use DAPO's loss under the name GRPO, and train on problems never solved
+    assert cfg.traces.generation.max_tokens >= cfg.eval.max_tokens
+    assert cfg.rl.max_completion_length == cfg.eval.max_tokens
+    assert cfg.sft.max_length >= cfg.traces.generation.max_tokens
+    assert cfg.rl.loss_type == "grpo" and "GRPO" in block and cfg.rl.pass_rate_filter
+    assert cfg.rl.learning_rate <= 1e-5 and cfg.sft.learning_rate <= 1e-4  # a 1.5B model's, not the toy's
+    for t in cfg.tasks:
+        for key in ("train_file", "test_file"):
+            if key in t.options:
+                assert Path(t.options[key]).is_file(), t.options[key]

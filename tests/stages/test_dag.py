@@ -61,7 +61,8 @@ def test_mlflow_runs_metrics_and_lineage(smoke):
     parent = [r for r in runs if r.data.tags.get("dvr.parent") == "true"]
     assert len(parent) == 1
     pid = parent[0].info.run_id
-    children = {r.info.run_name.rsplit("-", 1)[0]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid}
+    children = {r.info.run_name.rsplit("-", 1)[0]: r for r in runs
+                if pid in (r.data.tags.get("mlflow.parentRunId"), r.data.tags.get("dvr.parent_run_id"))}
     assert {"problems", "traces", "filtered", "rlprompts", "sft", "rl", "eval-base", "eval-teacher", "eval-sft",
             "eval-rl", "report"} <= set(children)
     # RL trained on the problems the base solves sometimes, and says how many
@@ -82,6 +83,15 @@ def test_mlflow_runs_metrics_and_lineage(smoke):
     assert sorted(steps) == [1, 2, 4, 8]
     for m in ("base", "sft", "rl", "teacher"):
         assert sorted(x.step for x in c.get_metric_history(pid, f"pass_at_k/{m}")) == [1, 2, 4, 8]
+        # each model's evaluation is a top-level run with pass_at_k/<task> at step = k, so the chart view
+        # draws base, teacher and the arms on one chart per task as it opens
+        ev = children[f"eval-{m}"]
+        assert "mlflow.parentRunId" not in ev.data.tags and ev.data.tags["dvr.parent_run_id"] == pid
+        curve = c.get_metric_history(ev.info.run_id, "pass_at_k/toy_arith")
+        assert sorted(x.step for x in curve) == [1, 2, 4, 8]
+        # real times, not the epoch
+        assert all(x.timestamp >= ev.info.start_time > 0 for x in curve)
+    assert "mlflow.parentRunId" in children["sft"].data.tags  # the other stages fold under the parent
     # training curves from TRL land in the stage's child run
     assert "train_loss" in children["sft"].data.metrics or "loss" in children["sft"].data.metrics
     assert any(k.startswith("reward") for k in children["rl"].data.metrics)

@@ -163,6 +163,22 @@ def test_logging_a_dataset_leaves_the_stage_run_open(tmp_path, toyworld):
     assert got.inputs.dataset_inputs[0].tags[0].value == "training"
 
 
+def test_logged_metrics_carry_the_time_of_logging_and_any_batch_size(tmp_path, toyworld):
+    import time
+
+    cfg = load_config(make_config(tmp_path, toyworld))
+    run = tracking.start_stage(cfg, "problems", "k")
+    before = int(time.time() * 1000)
+    tracking.log(cfg, run, params={f"p{i}": i for i in range(250)}, metrics=[("m", float(i), i) for i in range(1500)],
+                 tags={f"t{i}": i for i in range(150)})
+    c = tracking.client(cfg)
+    hist = c.get_metric_history(run, "m")
+    assert len(hist) == 1500 and {h.step for h in hist} == set(range(1500))
+    assert min(h.timestamp for h in hist) >= before  # not 0: MLflow's time axes read the real time
+    got = c.get_run(run).data
+    assert len([k for k in got.params if k.startswith("p")]) == 250 and got.tags["dvr.t149"] == "149"
+
+
 # ---- the RL settings reach TRL -------------------------------------------------------------------
 def test_every_grpo_setting_reaches_grpoconfig(tmp_path, toyworld):
     from pipeline.config import RLConfig, TaskSpec
@@ -185,3 +201,38 @@ def test_every_grpo_setting_reaches_grpoconfig(tmp_path, toyworld):
     import json
 
     assert [json.loads(x)["difficulty"] for x in t.train_dataset["problem"]] == [1, 1, 2, 2]
+
+
+def test_a_trained_model_is_registered_logged_or_by_reference(tmp_path, toyworld):
+    from pipeline.stages.base import log_model
+
+    cfg = load_config(make_config(tmp_path, toyworld, tracking={"log_model_max_mb": 0.001}))
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir(), big.mkdir()
+    (small / "w.bin").write_bytes(b"x" * 100)
+    (big / "w.bin").write_bytes(b"x" * 10_000)
+    c = tracking.client(cfg)
+    run1, run2 = tracking.start_stage(cfg, "rl", "a"), tracking.start_stage(cfg, "rl", "b")
+    assert log_model(cfg, run1, small, small, name="rl") == "1"
+    assert log_model(cfg, run2, big, big, name="rl") == "2"
+    v1, v2 = c.get_model_version("st-rl", "1"), c.get_model_version("st-rl", "2")
+    assert v1.run_id == run1 and v1.source.endswith("/model") and v1.tags["dvr.by_reference"] == "false"
+    assert [a.path for a in c.list_artifacts(run1, "model")] == ["model/w.bin"]
+    assert v2.source == str(big.resolve()) and v2.tags["dvr.by_reference"] == "true"  # too big to copy
+    assert not c.list_artifacts(run2, "model")
+
+
+def test_push_to_hub_is_off_by_default_and_a_failed_push_keeps_the_run(tmp_path, toyworld):
+    """The push itself cannot be exercised here (no hub); without one it fails, is tagged, and the
+    model is still registered."""
+    from pipeline.stages.base import log_model
+
+    assert load_config(make_config(tmp_path, toyworld)).tracking.push_to_hub is None
+    cfg = load_config(make_config(tmp_path, toyworld, tracking={"push_to_hub": "nobody-offline"}))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"x")
+    run = tracking.start_stage(cfg, "rl", "a")
+    assert log_model(cfg, run, model, model, name="rl") == "1"
+    tags = tracking.client(cfg).get_run(run).data.tags
+    assert tags["dvr.hub_repo"] == "nobody-offline/st-rl" and tags["dvr.hub_error"]
