@@ -13,11 +13,14 @@ art=$(dirname "${uri#sqlite:///}")/mlartifacts
   > /tmp/mlflow-ui.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+for _ in $(seq 180); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done  # slow on a busy machine
+curl -sf "http://127.0.0.1:$port/health" >/dev/null || { echo "error: mlflow server did not start (/tmp/mlflow-ui.log)" >&2; exit 1; }
 id=$(MLFLOW_TRACKING_URI="$uri" "$py" -c "import mlflow,sys; e=mlflow.get_experiment_by_name(sys.argv[1]); print(e.experiment_id if e else '')" "$exp")
 [ -n "$id" ] || { echo "error: experiment '$exp' not found in $uri" >&2; exit 1; }
 url="http://127.0.0.1:$port/#/experiments/$id/runs?compareRunsMode=${MODE:-CHART}"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
-  --window-size=1600,1100 --virtual-time-budget=${BUDGET:-20000} --screenshot="$out" "$url" 2>/dev/null
+  --window-size=1600,1100 --virtual-time-budget=${BUDGET:-20000} --screenshot="$out" "$url" 2>/tmp/chromium.log ||
+  { echo "error: chromium failed (/tmp/chromium.log)" >&2; exit 1; }
+[ -s "$out" ] || { echo "error: no screenshot written (/tmp/chromium.log)" >&2; exit 1; }
 echo "screenshot of $url -> $out"

@@ -223,6 +223,10 @@ def _norm(question: str) -> str:
 
 
 def _read_jsonl(option: str, path: Path) -> list[tuple[dict, str]]:
+    """Records of a local JSONL file, each with where it came from (file and line). Not `datasets`'
+    json loader: it builds one Arrow schema for the whole file (so GSM8K and MATH-500 records, or a
+    `level` given as 3 in one line and "Level 3" in another, fail or gain each other's keys as null),
+    writes a cache under ~/.cache, and its errors name no line; a bad line here is one line of error."""
     if not path.is_file():
         raise ValueError(f"task math: option {option}: no such file {str(path)!r} (expected a JSONL file)")
     out = []
