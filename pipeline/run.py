@@ -22,6 +22,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import luigi
+import luigi.interface
+import luigi.worker
 import yaml
 
 from pipeline.core import tracking
@@ -36,17 +38,21 @@ class StudyBusy(RuntimeError):
 
 
 @contextmanager
-def study_lock(cfg: ExperimentConfig):
+def study_lock(cfg: ExperimentConfig, shared: bool = False):
     """Hold the study for this invocation. A second invocation of the same study exits at once with
-    a message naming the running one (its pid, command and start time), and touches nothing."""
+    a message naming the running one (its pid, command and start time), and touches nothing.
+    Workers of one central scheduler (shared=True) hold it together: luigid gives each stage to one."""
     path = cfg.run_dir / ".study.lock"
     with ExitStack() as held:
         try:
-            f = held.enter_context(lock(path, wait=False))
+            f = held.enter_context(lock(path, wait=False, shared=shared))
         except BlockingIOError:
-            holder = path.read_text().strip() or "unknown process"
+            holder = path.read_text().strip() or "the workers of a central scheduler (luigid)"
             raise StudyBusy(f"study {cfg.name!r} ({cfg.run_dir}) is already being run by {holder}; wait for it to "
                             f"finish or stop it") from None
+        if shared:
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
@@ -114,9 +120,10 @@ def main(argv=None) -> int:
         reports = list(top.requires().values())
     try:
         check_writable(reports[0].cfg)
+        tracking.check_server(reports[0].cfg)
         with ExitStack() as held:
             for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
-                held.enter_context(study_lock(r.cfg))
+                held.enter_context(study_lock(r.cfg, shared=bool(a.scheduler_url)))
             return _build(reports, a, top)
     except (ConfigError, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -135,7 +142,8 @@ def _build(reports: list[Report], a, top: Study | None = None) -> int:
         for run_id in tracking.close_orphans(r.cfg):
             print(f"[tracking] marked run {run_id} KILLED: its process had ended without closing it")
     started = time.time()
-    kw = dict(scheduler_url=a.scheduler_url) if a.scheduler_url else dict(local_scheduler=True)
+    kw = dict(scheduler_url=a.scheduler_url, worker_scheduler_factory=_Central()) if a.scheduler_url else \
+        dict(local_scheduler=True)
     res = luigi.build([top] if top is not None else pending, workers=a.workers, detailed_summary=True,
                       log_level="INFO", **kw)
     print(res.summary_text)
@@ -154,12 +162,30 @@ def _build(reports: list[Report], a, top: Study | None = None) -> int:
             print(f"[tracking] could not update the MLflow runs of {r.cfg.name}: {e}", file=sys.stderr)
     for cfg, stage, why in failed:
         print(f"FAILED {cfg.name}/{stage}: {why}", file=sys.stderr)
+    lost = None if all(r.complete() for r in reports) else tracking.server_error(reports[0].cfg)
+    if lost:
+        print(f"error: {lost}; start it again and rerun to resume", file=sys.stderr)
     for r in reports:
         print(f"report: {r.out_dir / 'report.md'}" if r.complete() else f"incomplete: {r.cfg.name} (rerun to resume)")
     done = all(r.complete() for r in reports) and (top is None or top.complete())
     if top is not None:
         print(f"study report: {top.out_dir / 'report.md'}" if top.complete() else f"incomplete: study {top.plan.study}")
     return 0 if res.scheduling_succeeded and done else 1
+
+
+class _StudyWorker(luigi.worker.Worker):
+    """A worker of a central scheduler stays while another worker runs a stage its study needs, then
+    takes what that unblocks; it leaves once nothing it needs runs anywhere (the study is done, or
+    a stage failed: a rerun retries it). Luigi's own keep_alive would also wait on luigid's retry of a
+    failed stage, forever for one that always fails."""
+
+    def _keep_alive(self, get_work_response):
+        return bool(get_work_response.running_tasks)
+
+
+class _Central(luigi.interface._WorkerSchedulerFactory):
+    def create_worker(self, scheduler, worker_processes, assistant=False):
+        return _StudyWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
 
 if __name__ == "__main__":
