@@ -21,6 +21,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import luigi
+import luigi.interface
+import luigi.worker
 
 from pipeline.config import ConfigError, load_config
 from pipeline.dag import Report, Study
@@ -158,7 +160,8 @@ def _build(reports: list[Report], a, top: Study | None = None) -> int:
         return 0
     session.close_orphans(pending)
     started = time.time()
-    kw = dict(scheduler_url=a.scheduler_url) if a.scheduler_url else dict(local_scheduler=True)
+    kw = dict(scheduler_url=a.scheduler_url, worker_scheduler_factory=_Central()) if a.scheduler_url else \
+        dict(local_scheduler=True)
     res = luigi.build([top] if top is not None else pending, workers=a.workers, detailed_summary=True,
                       log_level="INFO", **kw)
     print(res.summary_text)
@@ -169,6 +172,22 @@ def _build(reports: list[Report], a, top: Study | None = None) -> int:
     if top is not None:
         print(f"study report: {top.out_dir / 'report.md'}" if top.complete() else f"incomplete: study {top.plan.study}")
     return 0 if res.scheduling_succeeded and done else 1
+
+
+
+class _StudyWorker(luigi.worker.Worker):
+    """A worker of a central scheduler stays while another worker runs a stage its study needs, then
+    takes what that unblocks; it leaves once nothing it needs runs anywhere (the study is done, or
+    a stage failed: a rerun retries it). Luigi's own keep_alive would also wait on luigid's retry of a
+    failed stage, forever for one that always fails."""
+
+    def _keep_alive(self, get_work_response):
+        return bool(get_work_response.running_tasks)
+
+
+class _Central(luigi.interface._WorkerSchedulerFactory):
+    def create_worker(self, scheduler, worker_processes, assistant=False):
+        return _StudyWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
 
 if __name__ == "__main__":

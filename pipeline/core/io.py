@@ -102,15 +102,16 @@ def sigterm_raises() -> Iterator[None]:
 
 
 @contextmanager
-def lock(path: str | os.PathLike, wait: bool = True) -> Iterator[IO[str]]:
-    """An exclusive flock on `path` (created with its folder), released by the kernel if the holder
-    dies; yields the open file (mode a+). wait=False raises BlockingIOError at once if it is held.
+def lock(path: str | os.PathLike, wait: bool = True, shared: bool = False) -> Iterator[IO[str]]:
+    """An exclusive (or, with shared=True, a shared) flock on `path` (created with its folder), released
+    by the kernel if the holder dies; yields the open file (mode a+). wait=False raises BlockingIOError
+    at once if it is held.
     The file is never removed: removing one while held would let a third process lock a different
     file of the same name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         yield f
 
 

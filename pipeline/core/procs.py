@@ -66,6 +66,8 @@ def run_stage_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     last, last_update = b"", 0.0
     with open(log_path, "ab") as log:  # appended: an earlier, killed attempt's log stays readable above
+        if log.tell():  # on a line of its own: a killed attempt can leave its last line (a progress bar) unfinished
+            log.write(b"\n")
         log.write((f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt by pid {os.getpid()}\n$ " + " ".join(cmd) + "\n").encode())
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert proc.stdout is not None

@@ -35,6 +35,33 @@ def tracking_uri(cfg: ExperimentConfig) -> str:
     return uri
 
 
+def server_error(cfg: ExperimentConfig, timeout: float = 10) -> str | None:
+    """Why the MLflow tracking server of an http(s) tracking URI does not answer, or None (it answers,
+    or the store is a local one)."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:  # it answers (an auth proxy, an older server without /health)
+        return None
+    except OSError as e:
+        return f"the MLflow tracking server {uri} does not answer ({getattr(e, 'reason', None) or e})"
+    return None
+
+
+def check_server(cfg: ExperimentConfig) -> None:
+    """Before any stage starts: an http(s) tracking URI must answer."""
+    from pipeline.config import ConfigError
+
+    why = server_error(cfg)
+    if why:
+        raise ConfigError(f"tracking.uri: {why}; start it (`mlflow server ...`) or fix the URI")
+
+
 _READY: set[str] = set()
 
 

@@ -19,17 +19,21 @@ class StudyBusy(RuntimeError):
 
 
 @contextmanager
-def study_lock(cfg: ExperimentConfig):
+def study_lock(cfg: ExperimentConfig, shared: bool = False):
     """Hold the study for this invocation. A second invocation of the same study exits at once with
-    a message naming the running one (its pid, command and start time), and touches nothing."""
+    a message naming the running one (its pid, command and start time), and touches nothing.
+    Workers of one central scheduler (shared=True) hold it together: luigid gives each stage to one."""
     path = cfg.run_dir / ".study.lock"
     with ExitStack() as held:
         try:
-            f = held.enter_context(lock(path, wait=False))
+            f = held.enter_context(lock(path, wait=False, shared=shared))
         except BlockingIOError:
-            holder = path.read_text().strip() or "unknown process"
+            holder = path.read_text().strip() or "the workers of a central scheduler (luigid)"
             raise StudyBusy(f"study {cfg.name!r} ({cfg.run_dir}) is already being run by {holder}; wait for it to "
                             f"finish or stop it") from None
+        if shared:
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
@@ -53,14 +57,17 @@ def check_writable(cfg: ExperimentConfig) -> None:
 
 
 def hold(reports, local: bool, held: ExitStack) -> None:
-    """The checks and locks of one invocation, before anything is scheduled: output_dir takes files, and
-    each study's lock is held on `held` when the scheduler is local (with a central scheduler, several
-    workers share a study by design: the scheduler gives each stage to one of them, and a stage's own
-    lock keeps its directory to one writer). Raises ConfigError or StudyBusy."""
+    """The checks and locks of one invocation, before anything is scheduled: output_dir takes files, an
+    http(s) MLflow server answers, and each study's lock is held on `held`: exclusively with the local
+    scheduler, shared with a central one (several workers share a study by design: the scheduler gives
+    each stage to one of them, and a stage's own lock keeps its directory to one writer; a local run of
+    the same study is still refused). Raises ConfigError or StudyBusy."""
+    from pipeline.core import tracking
+
     check_writable(reports[0].cfg)
-    if local:
-        for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
-            held.enter_context(study_lock(r.cfg))
+    tracking.check_server(reports[0].cfg)
+    for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
+        held.enter_context(study_lock(r.cfg, shared=not local))
 
 
 def close_orphans(reports) -> None:
@@ -93,6 +100,9 @@ def summarize(reports, started: float) -> list[tuple]:
             print(f"[tracking] could not update the MLflow runs of {r.cfg.name}: {e}", file=sys.stderr)
     for cfg, stage, why in failed:
         print(f"FAILED {cfg.name}/{stage}: {why}", file=sys.stderr)
+    lost = None if all(r.complete() for r in reports) else tracking.server_error(reports[0].cfg)
+    if lost:
+        print(f"error: {lost}; start it again and rerun to resume", file=sys.stderr)
     return failed
 
 
