@@ -15,6 +15,7 @@ unmerge_adapter would round them).
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,10 @@ def peft_config(section: LoraSection | None, arm: str):
 
     from pipeline.arms.common import TrainInputError
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") or \
+            os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":  # set by `accelerate launch`
+        raise TrainInputError(f"{arm}.lora: the adapter is merged into the whole model in one process, which FSDP and "
+                              f"ZeRO-3 shard; expected one process, DDP or ZeRO-2 (compute.accelerate_config)")
     unknown = sorted(set(section.extra) - set(LoraConfig.__dataclass_fields__))
     if unknown:
         raise TrainInputError(f"{arm}.lora.extra: unknown key(s) {unknown} (expected fields of peft.LoraConfig)")

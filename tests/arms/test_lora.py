@@ -85,7 +85,7 @@ def test_lora_is_off_by_default_and_maps_to_peft_fields():
     assert pc.task_type == "CAUSAL_LM"
 
 
-def test_bad_lora_settings_are_one_line_errors():
+def test_bad_lora_settings_are_one_line_errors(monkeypatch):
     with pytest.raises(ConfigError, match=r"rl\.lora\.target_modules: lm_head: .*never trains"):
         load_config(ROOT / "configs/smoke.yaml", {"rl.lora.target_modules": ["q_proj", "lm_head"]})
     with pytest.raises(ConfigError, match=r"sft\.lora\.rank"):
@@ -94,6 +94,9 @@ def test_bad_lora_settings_are_one_line_errors():
         load_config(ROOT / "configs/smoke.yaml", {"distill.lora.ranks": 4})
     with pytest.raises(TrainInputError, match=r"^rl\.lora\.extra: unknown key\(s\) \['rnak'\]"):
         peft_config(LoraSection(enabled=True, extra={"rnak": 2}), "rl")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
+    with pytest.raises(TrainInputError, match=r"^sft\.lora: the adapter is merged .* expected one process, DDP or ZeRO-2"):
+        peft_config(LoraSection(enabled=True), "sft")
 
 
 def test_the_training_stage_identity_covers_the_lora_settings(monkeypatch, toyworld):
