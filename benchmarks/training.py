@@ -35,9 +35,10 @@ def grpo(rollouts: str, steps: int, work: Path, threads: int, config: str = "con
     task = build_tasks([spec])[spec.name]
     problems = work / "grpo-problems.jsonl"
     write_jsonl(problems, [p.to_dict() for p in task.problems("train", spec.train_size, seed=0, levels=spec.levels or None)])
-    rl = cfg.rl.model_copy(update=dict(max_steps=steps, rollouts=rollouts, pass_rate_filter=False, logging_steps=1,
-                                       **(rl_set or {})))
-    tag = "-".join([Path(config).stem, rollouts] + [f"{k}={v}" for k, v in sorted((rl_set or {}).items())])
+    rl = type(cfg.rl).model_validate({**cfg.rl.model_dump(), **dict(max_steps=steps, rollouts=rollouts, pass_rate_filter=False,
+                                                                     logging_steps=1, **(rl_set or {}))})
+    tag = "-".join([Path(config).stem, rollouts] + [f"{k}={v}" for k, v in sorted((rl_set or {}).items()) if k != "lora"]
+                   + (["lora"] if rl.lora.enabled else []))
     trainer = build_rl_trainer(base_model or cfg.base_model, str(problems), cfg.tasks, rl, str(work / f"grpo-{tag}"),
                                seed=0)
     gen_time = [0.0]
@@ -64,7 +65,9 @@ def grpo(rollouts: str, steps: int, work: Path, threads: int, config: str = "con
     trainer.train()
     steady = rows[1:] or rows
     hist = [r for r in trainer.state.log_history if "completions/mean_length" in r]
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return dict(config=config, rl_set=rl_set or {}, rollouts=rollouts, steps=len(rows), threads=threads,
+                trainable_parameters=trainable, load_avg_at_end=[round(x, 2) for x in __import__("os").getloadavg()],
                 step_s=median([s for s, _ in steady]), generation_s=median([g for _, g in steady]),
                 loss_backward_s=median([s - g for s, g in steady]),
                 rollouts_per_step=rl.per_device_train_batch_size,

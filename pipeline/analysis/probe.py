@@ -77,6 +77,7 @@ class Probe:
 
     def _score(self) -> list[int]:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: adapters applied inside
         return score(model, self.trainer.processing_class, self.tasks, self.problems, samples=PROBE_SAMPLES,
                      temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                      max_tokens=self.cfg.max_completion_length, seed=self.seed)

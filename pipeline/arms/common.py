@@ -166,7 +166,7 @@ def add_snapshots(trainer, steps: list[int], where: str | os.PathLike) -> None:
             if state.global_step in steps:
                 d = Path(where) / f"step-{state.global_step}"
                 tmp = d.with_name(d.name + ".tmp")
-                trainer.save_model(str(tmp))
+                save_model(trainer, tmp)
                 if trainer.is_world_process_zero():
                     import shutil
 
@@ -178,10 +178,25 @@ def add_snapshots(trainer, steps: list[int], where: str | os.PathLike) -> None:
     trainer._dvr_snapshots = (steps, Path(where))
 
 
+def save_model(trainer, path: str | os.PathLike, final: bool = False) -> None:
+    """trainer.save_model (model in safetensors + the tokenizer), except that a LoRA-trained model is saved
+    merged, with its adapter beside it (pipeline/arms/lora.py): every arm's output is a plain model directory."""
+    from pipeline.arms.lora import is_lora, save_merged
+
+    if is_lora(trainer.accelerator.unwrap_model(trainer.model)):
+        save_merged(trainer, path, final)
+    else:
+        trainer.save_model(str(path))
+
+
 def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the final model + tokenizer (safetensors) and the metrics into out_dir; return the metrics."""
+    from pipeline.arms.lora import is_lora, trainable_parameters
+
     out = Path(out_dir)
-    trainer.save_model(str(out))  # model (safetensors) + processing_class (the tokenizer)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    lora = trainable_parameters(model) if is_lora(model) else {}  # counted before the merge
+    save_model(trainer, out, final=True)
     steps, where = getattr(trainer, "_dvr_snapshots", ([], None))
     if steps and trainer.is_world_process_zero():
         missing = [s for s in steps if not (where / f"step-{s}").is_dir()]
@@ -200,6 +215,7 @@ def finish(trainer, train_output, out_dir: str, extra_metrics: dict[str, Any] | 
         **({"num_examples": len(data)} if data is not None else {}),  # training rows (traces, prompts)
         "train_runtime": float(m.get("train_runtime", 0.0)),
         "train_samples_per_second": float(m.get("train_samples_per_second", 0.0)),
+        **lora,  # under LoRA: trainable_parameters (the adapters) of all_parameters
         **(extra_metrics or {}),
     }
     if trainer.is_world_process_zero():  # one writer under `accelerate launch`

@@ -24,6 +24,7 @@ from pydantic import Field
 from pipeline.arms import Arm
 from pipeline.core.models import tokenizer_mismatch
 from pipeline.config.schema import MAX_STEPS, Strict
+from pipeline.arms.lora import LoraSection, peft_config
 from pipeline.arms.trl_patches import with_our_prompt_encoding
 from pipeline.arms.common import (TrainInputError, build_args, cli, common_fields, finish, load_problems, resume_point,
                                    same_named)
@@ -51,6 +52,7 @@ class DistillConfig(Strict):
     max_completion_length: int = Field(256, ge=1)
     logging_steps: int = Field(5, ge=1)
     bf16: bool = False
+    lora: LoraSection = Field(default_factory=LoraSection)  # LoRA adapters instead of full fine-tuning (pipeline/arms/lora.py)
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.DistillationConfig as is")
 
 
@@ -127,7 +129,8 @@ def build_distill_trainer(base_model: str, teacher_model: str, problems_path: st
                   warmup_steps=cfg.warmup_ratio, use_vllm=False)
     args = build_args(DistillationConfig, "distill", fields, cfg.extra)
     return distillation_trainer_class(tasks)(model=base_model, teacher_model=teacher_model, args=args,
-                                             train_dataset=data, processing_class=tokenizer)
+                                             train_dataset=data, processing_class=tokenizer,
+                                             peft_config=peft_config(cfg.lora, "distill"))
 
 
 def _run(cfg, problems: str, out: str, base_model: str, seed: int, checkpoints: str | None = None) -> dict:

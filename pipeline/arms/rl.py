@@ -35,6 +35,7 @@ from pipeline.analysis.one_shot import RolloutRecord
 from pipeline.analysis.probe import Probe
 from pipeline.arms.common import (SNAPSHOTS, TrainInputError, add_snapshots, build_args, cli, common_fields, finish,
                                    load_problems, resume_point, same_named, snapshot_steps)
+from pipeline.arms.lora import LoraSection, peft_config
 from pipeline.arms.rl_prompts import check_curriculum, curriculum_error, one_shot_problem
 from pipeline.arms.trl_patches import grpo_trainer_class, with_cb_rollouts, with_our_prompt_encoding  # noqa: F401
 from tasks.base import Problem, Task, encode_prompt
@@ -95,6 +96,7 @@ class RLConfig(Strict):
     reward: Literal["verify", "logic_rl"] = "verify"
     logging_steps: int = Field(5, ge=1)
     bf16: bool = False
+    lora: LoraSection = Field(default_factory=LoraSection)  # LoRA adapters instead of full fine-tuning (pipeline/arms/lora.py)
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig (or RLOOConfig) as is")
 
     @model_validator(mode="after")
@@ -262,7 +264,8 @@ def build_rl_trainer(base_model: str, problems_path: str, task_specs, cfg: RLCon
             trainer_cls = with_cb_rollouts(trainer_cls)
     else:
         trainer_cls = grpo_trainer_class(cfg.rollouts)
-    trainer = trainer_cls(model=base_model, reward_funcs=rewards, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = trainer_cls(model=base_model, reward_funcs=rewards, args=args, train_dataset=data, processing_class=tokenizer,
+                          peft_config=peft_config(cfg.lora, "rl"))
     if cfg.rollout_dtype != "float32":
         if cfg.rollouts != "cb":
             raise TrainInputError(f"rl.rollout_dtype: {cfg.rollout_dtype} is the cb engine's; expected rl.rollouts: cb "

@@ -20,6 +20,7 @@ from pydantic import Field
 from pipeline.arms import Arm
 from pipeline.config.schema import MAX_STEPS, Strict
 from pipeline.arms.common import build_args, cli, common_fields, finish, read_rows, resume_point
+from pipeline.arms.lora import LoraSection, peft_config
 from tasks.base import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class SFTConfig(Strict):
     bf16: bool = False
     # the SFT data-size axis: train on a seeded subset of this many verified traces (null: all of them)
     max_traces: int | None = Field(None, ge=1)
+    lora: LoraSection = Field(default_factory=LoraSection)  # LoRA adapters instead of full fine-tuning (pipeline/arms/lora.py)
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig as is")
 
 
@@ -81,7 +83,8 @@ def build_sft_trainer(base_model: str, traces_path: str, cfg: SFTConfig, out_dir
         completion_only_loss=True,
     )
     args = build_args(TRLSFTConfig, "sft", fields, cfg.extra)
-    return SFTTrainer(model=base_model, args=args, train_dataset=data, processing_class=tokenizer)
+    return SFTTrainer(model=base_model, args=args, train_dataset=data, processing_class=tokenizer,
+                      peft_config=peft_config(cfg.lora, "sft"))
 
 
 def tokenize_example(tokenizer, prompt: str, completion: str) -> dict[str, list[int]]:

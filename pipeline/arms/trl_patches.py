@@ -54,6 +54,7 @@ def with_cb_rollouts(trainer_cls):
 
     import torch
 
+    from pipeline.arms import lora
     from pipeline.sampling import engine as batching
 
     check_trl_private_api(trainer_cls, "_generate_single_turn")
@@ -64,20 +65,22 @@ def with_cb_rollouts(trainer_cls):
         rollout_dtype = "float32"  # rl.rollout_dtype: bfloat16 samples from a bfloat16 copy of the policy
 
         def _rollout_model(self, model):
-            """The model the rollouts are sampled from: the policy itself, or its bfloat16 copy with this
-            step's weights (parameters cast, buffers such as RoPE's inv_freq kept in float32)."""
+            """The model the rollouts are sampled from: the policy itself (under LoRA, the transformers model
+            inside the PeftModel, adapters applied), or its bfloat16 copy with this step's weights (parameters
+            cast, buffers such as RoPE's inv_freq kept in float32; under LoRA, the adapters merged into it)."""
+            lm = lora.language_model(model)
             if self.rollout_dtype == "float32":
-                return model
+                return lm
             copy_ = getattr(self, "_rollout_copy", None)
             with torch.no_grad():
                 if copy_ is None:  # built from the config: a deepcopy would keep forward wrappers bound to the policy
                     import copy
 
-                    copy_ = self._rollout_copy = type(model)(copy.deepcopy(model.config)).eval()
+                    copy_ = self._rollout_copy = type(lm)(copy.deepcopy(lm.config)).eval()
                     for p in copy_.parameters():
                         p.requires_grad_(False)
                         p.data = p.data.to(torch.bfloat16)
-                copy_.load_state_dict(model.state_dict())
+                copy_.load_state_dict(lora.merged_state_dict(model) if lora.is_lora(model) else model.state_dict())
             return copy_
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):

@@ -13,17 +13,17 @@ from pipeline import dag
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = [  # task family, output directory name, key
     "Evaluate eval-base-d7fd514cff d7fd514cff",
-    "Evaluate eval-rl-81571dc54b 81571dc54b",
-    "Evaluate eval-sft-6e00566539 6e00566539",
+    "Evaluate eval-rl-7977041bb3 7977041bb3",
+    "Evaluate eval-sft-9536ff5c45 9536ff5c45",
     "Evaluate eval-teacher-5608e88877 5608e88877",
     "FilterRLProblems rlprompts-600fff0f5b 600fff0f5b",
     "FilterTraces filtered-42c1f04498 42c1f04498",
     "GenerateTeacherTraces traces-12aae69865 12aae69865",
-    "Perplexity perplexity-e0feb105c2 e0feb105c2",
+    "Perplexity perplexity-c3ea03ebbd c3ea03ebbd",
     "Problems problems-f26cd05148 f26cd05148",
-    "Report report 66d0733532",  # was 98263ab2a0 until the report read the problems stage (the guessing floor)
-    "Train rl-c4f33aea92 c4f33aea92",  # was a070f705fd before rl.rollout_dtype and rl.one_shot_problem
-    "Train sft-ea54200b3d ea54200b3d",
+    "Report report 7ba0c6016a",  # was 66d0733532 before the arms' lora sections, 98263ab2a0 before the guessing floor
+    "Train rl-0f7fb16280 0f7fb16280",  # was c4f33aea92 before rl.lora, a070f705fd before rl.rollout_dtype
+    "Train sft-f624c464ed f624c464ed",  # was ea54200b3d before sft.lora
 ]
 TASKS = ("Stage", "Adaptive", "ConvertModel", "Problems", "GenerateTeacherTraces", "FilterTraces", "FilterRLProblems", "Train",
          "Evaluate", "Perplexity", "Report", "Study")
