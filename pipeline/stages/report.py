@@ -187,7 +187,8 @@ def adaptive_markdown(d: Path, k_max: int, health: dict, nb: int, seed: int) -> 
                      f"{dd:+.3f}{_ci(lo, hi)}", verdict_words(a, m, dd, lo, hi, mdd, health, budget.LEVEL)])
     u = b["uniform_samples_same_width"]
     saved = (f"a uniform n of {b['uniform_n_same_width']} per problem is predicted to need {u:,} samples for the same "
-             f"width: {u - b['samples']:+,} saved" if u else f"no uniform n up to {64 * b['max_n']} is predicted to reach it")
+             f"width: {u - b['samples']:+,} saved" if u else
+             b.get("uniform_n_reason") or f"no uniform n up to {64 * b['max_n']} is predicted to reach it")
     md = ["## Adaptive sample budget", "",
           f"Target: every pass@{b['k']} verdict's 95% CI at most {b['target_ci_width']} wide; {len(b['rounds']) - 1} "
           f"rounds doubled n (up to {b['max_n']}) for the problems with the noisiest estimates. "
