@@ -105,3 +105,17 @@ def test_a_test_set_nobody_solves_stops_with_the_reason():
     # a width no n can reach: the problems' own spread is wider than the goal
     n, why = budget.uniform_n(uniform(K), [("base", "rl")], K, 0.001, K, 4096)
     assert n is None and why.startswith("no uniform n up to 4096")
+
+
+def test_the_adaptive_verdicts_mdd_is_at_their_level():
+    """The adaptive verdicts use budget.LEVEL intervals; their "could have detected |d| >= MDD" must be at the
+    same level ((z at LEVEL + z_0.8) sd / sqrt(N)), not at 95% (which at a 97% interval was 74% power)."""
+    from scipy import stats
+
+    from pipeline.analysis.passk import paired_difference
+
+    a, b = uniform(K)["base"], uniform(K)["rl"]
+    d = budget.differences({"a": a, "b": b}, "a", "b", K)
+    *_, mdd = paired_difference(a, b, K, K, level=budget.LEVEL)
+    z = stats.norm.ppf(0.5 + budget.LEVEL / 2) + stats.norm.ppf(0.8)
+    assert mdd == pytest.approx(z * d.std(ddof=1) / np.sqrt(N)) and budget.LEVEL == 0.96
