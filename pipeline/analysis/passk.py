@@ -93,14 +93,15 @@ def paired_ci(d: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarra
     return m, m - h, m + h
 
 
-def mdd(d: np.ndarray, n_problems: int | None = None) -> float:
-    """Minimum detectable difference at 80% power, two-sided alpha 0.05, of a paired comparison whose
-    per-problem differences are d: (z_0.975 + z_0.8) · sd(d) / sqrt(N), with N = len(d), or the
-    prediction for a test set of `n_problems` (the same sd, scaled by sqrt(len(d) / n_problems))."""
+def mdd(d: np.ndarray, n_problems: int | None = None, level: float = 0.95) -> float:
+    """Minimum detectable difference at 80% power, two-sided at `level` (alpha 0.05 by default), of a
+    paired comparison whose per-problem differences are d: (z_(1+level)/2 + z_0.8) · sd(d) / sqrt(N), with
+    N = len(d), or the prediction for a test set of `n_problems` (the same sd, scaled by sqrt(len(d) / n_problems))."""
     d = np.asarray(d, dtype=float)
     if len(d) < 2:
         return math.nan
-    return float(MDD_FACTOR * d.std(ddof=1) / math.sqrt(n_problems or len(d)))
+    factor = MDD_FACTOR if level == 0.95 else float(stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(0.8))
+    return float(factor * d.std(ddof=1) / math.sqrt(n_problems or len(d)))
 
 
 def paired_values(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int) -> np.ndarray:
@@ -127,9 +128,9 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_bo
     Returns (difference, ci_low, ci_high, number of shared problems, MDD)."""
     d = paired_values(a, b, k_a, k_b)
     if n_boot <= 0 or len(d) < 2:  # no interval to state
-        return float(d.mean()), math.nan, math.nan, len(d), mdd(d)
+        return float(d.mean()), math.nan, math.nan, len(d), mdd(d, level=level)
     m, lo, hi = paired_ci(d, level)
-    return float(m), float(lo), float(hi), len(d), mdd(d)
+    return float(m), float(lo), float(hi), len(d), mdd(d, level=level)
 
 
 def task_curves(per_problem: pd.DataFrame, task_of: dict[str, str], ks: list[int]) -> list[tuple[str, float, int]]:

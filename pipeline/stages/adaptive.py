@@ -71,11 +71,11 @@ def run_adaptive(cfg, evals: dict[str, Path], model_paths: dict[str, str], out: 
     pairs = pairs_of(list(evals))
     res = budget.run(counts, pairs, k, ev.target_ci_width, max_n, draw)
     final = res["rounds"][-1]["widths"]
-    uniform = budget.uniform_n(res["counts"], pairs, k, max(final.values()), ev.n, 64 * max_n)
+    uniform, why = budget.uniform_n(res["counts"], pairs, k, max(final.values()), ev.n, 64 * max_n)
     models = sorted(res["counts"])
     summary = dict(k=k, target_ci_width=ev.target_ci_width, max_n=max_n, uniform_n=ev.n, rounds=res["rounds"],
                    samples=res["samples"], uniform_samples_same_width=None if uniform is None else uniform * len(problems) * len(models),
-                   uniform_n_same_width=uniform, reached=max(final.values()) <= ev.target_ci_width)
+                   uniform_n_same_width=uniform, uniform_n_reason=why, reached=max(final.values()) <= ev.target_ci_width)
     with atomic_dir(out) as tmp:
         pd.concat([c.assign(model=m) for m, c in res["counts"].items()], ignore_index=True)[PER_PROBLEM_COLUMNS].to_csv(
             tmp / FILE, index=False)

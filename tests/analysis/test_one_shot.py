@@ -52,4 +52,9 @@ def test_an_rl_run_writes_its_per_problem_rollout_record(tmp_path):
         logged = [h["accuracy"] for h in history if h.get("step") == s + 1 and "accuracy" in h][0]
         step_rows = [r for r in rows if int(r["step"]) == s]
         assert logged == pytest.approx(sum(int(r["correct"]) for r in step_rows) / 8)
-    assert [p for p, _, e in historical_variance(tmp_path / "model")]  # 4 problems, 2 per step: 2 epochs each
+    ranked = historical_variance(tmp_path / "model")  # 4 problems, 2 per step: 2 epochs each
+    assert sorted(p for p, _, _ in ranked) == sorted(p.id for p in probs) and all(e == 2 for _, _, e in ranked)
+    for pid, var, _ in ranked:  # the population variance of its two epochs' accuracies, from the record by hand
+        a, b = [int(r["correct"]) / int(r["n"]) for r in sorted(rows, key=lambda r: int(r["step"])) if r["problem_id"] == pid]
+        assert var == pytest.approx(((a - b) / 2) ** 2)
+    assert [v for _, v, _ in ranked] == sorted((v for _, v, _ in ranked), reverse=True)

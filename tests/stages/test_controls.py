@@ -47,7 +47,11 @@ def test_report_nets_controls_and_sharpening(study):
     md = (rep / "report.md").read_text()
     data = json.loads((rep / "sharpening.json").read_text())
     nets = {(g["arm"], g["kind"], g["k"]): g for g in data["net_gains"]}
-    assert nets[("rl", "controls", 1)]["best"] in ("rl_random", "rl_format")
+    pp = pd.read_csv(rep / "per_problem.csv")
+    means = {m: float((g["correct"] / g["n"]).mean()) for m, g in pp[pp["model"].isin(["rl_random", "rl_format"])].groupby("model")}
+    g = nets[("rl", "controls", 1)]  # the best is the control with the higher pass@1; the interval is simultaneous
+    assert g["best_value"] == pytest.approx(max(means.values())) and means[g["best"]] == pytest.approx(max(means.values()))
+    assert g["member_level"] == pytest.approx(0.975) and g["ci_low"] <= g["diff"] <= g["ci_high"]
     assert nets[("rl", "sharpened base", 1)]["best"] == "base-T0.3"
     assert not any(a in ("rl_random", "rl_format") for a, _, _ in nets)  # a control is not netted itself
     assert "### Gains net of the controls and of sharpening" in md and "control of rl: not required to learn" in md
@@ -72,4 +76,7 @@ def test_adaptive_samples_are_those_a_uniform_evaluation_draws(study, tmp_path):
                for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())}
     base_added = [s for s in added if s["model"] == "base"]
     assert base_added and all(uniform[(s["problem_id"], s["sample_index"])] == s["completion"] for s in base_added)
-    assert "## Adaptive sample budget" in (study / "report" / "report.md").read_text()
+    section = (study / "report" / "report.md").read_text().split("## Adaptive sample budget")[1]
+    assert f"with {budget['samples']:,} samples" in section and "difference [96% CI], adaptive" in section
+    assert all(f"{w:.3f}" in section for w in budget["rounds"][-1]["widths"].values())
+    assert (budget["uniform_n_same_width"] is None) == (budget["uniform_n_reason"] is not None)
