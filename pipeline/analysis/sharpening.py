@@ -162,7 +162,7 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
             sharpened: list[str], k_max: int, ks: list[int], train_answers: Mapping[str, list[str]], reasoning: Mapping[str, Any] | None,
             canonical: Callable[[Any, str], str | None], ppl_records: list[dict] | None, n_boot: int, seed: int,
             out, judge: Callable[[list[str], dict, float], str], family: Family | None = None,
-            verify: Callable[[Any, str], bool] | None = None) -> dict[str, Any]:
+            verify: Callable[[Any, str], bool] | None = None, not_learned: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Every analysis above for the report: {"markdown": [...], "warning": [...] (for the report's top),
     "metrics": [(name, value, step)], "data": {...}} and, in `out`, sharpening.json,
     support_transitions.csv/.png and log_ratio_gain.png. `arms` are the trained arms compared with the base,
@@ -260,7 +260,7 @@ def section(pp: Mapping[str, pd.DataFrame], runs: Mapping[str, Any], *, arms: li
         sup = pd.concat(parts, ignore_index=True)
         write_atomic(out / "support_transitions.csv", sup.to_csv(index=False))
         plots.support_transitions(sup, out / "support_transitions.png")
-        claims = support_claims(sup, family)
+        claims = support_claims(sup, family, not_learned)
         n_samples = int(base["n"].min())
         md += ["", f"### Support transitions with all n = {n_samples} samples", "",
                "Each test problem against the base: preserved (both solve it), expanded (only the arm), shrunk "

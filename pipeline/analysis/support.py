@@ -85,21 +85,28 @@ def _level_key(s: str):
 
 
 
-def support_claims(sup: pd.DataFrame, family) -> list[dict[str, Any]]:
+def support_claims(sup: pd.DataFrame, family, not_learned: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The claims "more problems expanded (shrunk) than the same model evaluated twice" of each arm, from the
     "all" rows of support_transitions (an `arm` column), registered in `family` (pipeline.analysis.family):
-    stated only when the Holm-adjusted p-value is below its alpha. Per level the counts are descriptive."""
+    stated only when the Holm-adjusted p-value is below its alpha. Per level the counts are descriptive.
+    An arm in `not_learned` ({arm: why, e.g. "the rl run did not learn"}) makes no claim ("inconclusive", not
+    counted in the family), as every verdict about it."""
     out = []
     for r in sup[sup["level"] == "all"].itertuples():
         for cls in ("expanded", "shrunk"):
+            why = (not_learned or {}).get(r.arm)
             c = dict(kind="support", arm=r.arm, **{"class": cls}, count=int(getattr(r, cls)),
-                     null=float(getattr(r, f"{cls}_null")), p=float(getattr(r, f"{cls}_p")))
+                     null=float(getattr(r, f"{cls}_null")), p=math.nan if why else float(getattr(r, f"{cls}_p")))
+            if why:
+                c["inconclusive"] = why
             c["verdict"] = family.add(c, support_words)
             out.append(c)
     return out
 
 
 def support_words(c: dict) -> str:
+    if c.get("inconclusive"):
+        return f"inconclusive: {c['inconclusive']}"
     if math.isnan(c["p"]):
         return "no claim (eval.bootstrap is 0)"
     if c["stated"]:

@@ -262,6 +262,8 @@ def sharpening_section(cfg: ExperimentConfig, pp, runs, k_max: int, pp_ks, train
         ppl_records=read_jsonl(ppl_file) if ppl_file and ppl_file.is_file() else None,
         n_boot=cfg.eval.bootstrap, seed=cfg.seed, out=out,
         family=family, judge=lambda models, v, p: claim(v, models[0], models[1], p, health, family),
+        not_learned={x: f"the {x} run {'did not learn' if health[x].get('judged', True) else 'was not judged'}"
+                     for x in sick_arms(list(pp), health)},
         verify=lambda p, c: (tasks.get(p.task) or task_for(p)).verify(p, c))
 
 

@@ -351,3 +351,26 @@ def test_the_plot_floor_pools_the_tasks_like_the_curves(tmp_path):
                      ppl_records=None, n_boot=0, seed=0, out=tmp_path, judge=lambda models, v, p: "words")
     assert res["floor"]["a"][1] == 0.5 and res["floor"]["b"][1] == 0.25
     assert res["pooled_floor"][1] == pytest.approx((3 * 0.5 + 1 * 0.25) / 4)
+
+
+def test_support_claims_of_an_arm_that_did_not_learn_are_inconclusive(tmp_path):
+    """Every verdict about an arm whose training did not learn is inconclusive; its support claims were still
+    stated ("more than chance") and counted in the family. Here rl solves 12 problems the base never does
+    (p about 1e-7 with 64 samples each): stated when rl learned, inconclusive and outside the family when not."""
+    from pipeline.analysis.family import Family
+
+    counts = {"base": [0] * 12 + [30] * 8, "rl": [20] * 12 + [30] * 8}
+    ids = [f"p{i}" for i in range(20)]
+    runs = _runs(counts, ["2"] * 20)
+    pps = {m: pp(c, n=64, ids=ids) for m, c in counts.items()}
+    common = dict(arms=["rl"], controls={}, sharpened=[], k_max=64, ks=[1, 64], train_answers={}, reasoning=None,
+                  canonical=lambda p, c: sh.canonical_chain(None, p, c), ppl_records=None, n_boot=200, seed=0,
+                  out=tmp_path, judge=lambda models, v, p: "words")
+    for not_learned, stated in ((None, True), ({"rl": "the rl run did not learn"}, False)):
+        fam = Family()
+        res = sh.section(pps, runs, family=fam, not_learned=not_learned, **common)
+        fam.decide()
+        exp = next(c for c in res["data"]["support_claims"] if c["class"] == "expanded")
+        assert exp["count"] == 12 and exp["stated"] is stated, exp
+        if not stated:
+            assert exp["verdict"] == "inconclusive: the rl run did not learn" and exp["family_size"] == 0
