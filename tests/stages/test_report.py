@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -209,3 +210,42 @@ def test_a_largest_k_below_n_is_named_as_such(tmp_path, toyworld, evals):
     md = (out / "report.md").read_text()
     assert "dSE = base pass@4 − model pass@1" in md and f"k runs to n = {N}, the samples per problem" in md
     assert f"### Support transitions with all n = {N} samples" in md and "at k = 4" not in md
+
+
+def _adaptive_dir(tmp_path, rl_correct, base_correct, n=8):
+    from pipeline.stages.adaptive import FILE
+
+    ids = [f"p{i}" for i in range(len(rl_correct))]
+    rows = [dict(model=m, problem_id=q, n=n, correct=c) for m, cs in (("base", base_correct), ("rl", rl_correct))
+            for q, c in zip(ids, cs)]
+    pd.DataFrame(rows).to_csv(tmp_path / FILE, index=False)
+    from pipeline.analysis import budget
+    from pipeline.analysis.passk import per_problem_passk
+
+    d = (per_problem_passk(np.full(len(ids), n), np.array(rl_correct), [n])[:, 0]
+         - per_problem_passk(np.full(len(ids), n), np.array(base_correct), [n])[:, 0])
+    budget_width = budget.width(d) if d.std() > 0 else 0.0
+    w = {"rl-base": budget_width}
+    (tmp_path / "budget.json").write_text(json.dumps(dict(
+        k=n, target_ci_width=0.1, max_n=64, uniform_n=n, rounds=[dict(widths=w, samples=2 * n * len(ids))],
+        samples=2 * n * len(ids), uniform_samples_same_width=None, uniform_n_same_width=None, reached=True)))
+    return tmp_path
+
+
+def test_adaptive_section_states_its_level_mdd_and_that_it_is_outside_the_family(tmp_path):
+    """The adaptive verdicts use budget.LEVEL intervals (96%): the MDD they print is at that level (2.90
+    sd/sqrt(N), not the 95% 2.80), the section says they are outside the report's family of claims. (A test set on which the models never
+    differ stops with its reason: tests/analysis/test_budget.py.)"""
+    from scipy import stats
+
+    from pipeline.analysis import budget
+    from pipeline.stages.report import adaptive_markdown
+
+    rl, base = [8, 0, 3, 5, 0, 8, 2, 0, 1, 4] * 3, [8, 0, 4, 5, 0, 7, 2, 1, 0, 4] * 3
+    md, _ = adaptive_markdown(_adaptive_dir(tmp_path, rl, base), 8, {}, 1000, 0)
+    text = "\n".join(md)
+    d = np.array([(r > 0) - (b > 0) for r, b in zip(rl, base)], dtype=float)
+    assert budget.LEVEL == 0.96
+    mdd = (stats.norm.ppf(1 - (1 - budget.LEVEL) / 2) + stats.norm.ppf(0.8)) * d.std(ddof=1) / np.sqrt(len(d))
+    assert f"could have detected |d| >= {mdd:.3f}" in text, text
+    assert "not among the report's family of claims" in text
