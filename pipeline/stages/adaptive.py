@@ -25,7 +25,8 @@ from pipeline.config import load_config
 from pipeline.core import tracking
 from pipeline.core.io import atomic_dir, read_problems, write_jsonl
 from pipeline.stages.base import Stage, _gpu, stage_info
-from pipeline.stages.evaluate import Evaluate, problem_key
+from pipeline.sampling.shards import problem_key
+from pipeline.stages.evaluate import Evaluate
 from tasks import build_tasks
 
 FILE = "per_problem_adaptive.csv"

@@ -42,7 +42,7 @@ def generate_traces(cfg: ExperimentConfig, problems: list[Problem], out_dir: str
     paths = [shard_path(out_dir, i, shards) for i in range(shards)]
     todo = [i for i, p in enumerate(paths) if not p.exists() and (dp is None or i % dp[1] == dp[0])]
     if todo:
-        from pipeline.stages.evaluate import check_context
+        from pipeline.sampling.shards import check_context
 
         tok = load_tokenizer(cfg.teacher_model)
         check_context(cfg.teacher_model, tok, [tasks[p.task].prompt(p, tok) for p in problems], [p.id for p in problems],

@@ -215,7 +215,7 @@ def test_samples_do_not_depend_on_how_the_work_is_cut(toyworld):
     problems, widths 32 and 256, two data-parallel ranks (alternate shards) and a call for samples
     4..7 alone all give the same token ids. (Measured: 0 of 6,782 tokens differ over shard sizes 1, 4
     and 32 and widths 32-1024 at n=16 on 32 problems: the logits do not move with the batch here.)"""
-    from pipeline.stages.evaluate import problem_key
+    from pipeline.sampling.shards import problem_key
 
     model = str(toyworld / "base")
     lm, tok = load(model)

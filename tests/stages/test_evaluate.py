@@ -75,7 +75,7 @@ def test_cli_rejects_k_above_n(tiny_model, tmp_path):
 def test_shards_are_rounded_to_whole_batches_and_finished_ones_are_skipped(tiny_model, tmp_path):
     """hf: shard_problems=3 with 2 prompts per batch (batch_size 8, n 4) rounds to shards of 4, which
     draw what one call over all prompts draws; a finished shard is read back, never redrawn."""
-    from pipeline.stages.evaluate import sample_in_shards
+    from pipeline.sampling.shards import sample_in_shards
     from pipeline.core.io import write_jsonl_atomic
     from tests.sampling.test_backends import prompts_for
 
