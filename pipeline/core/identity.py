@@ -34,10 +34,12 @@ def code_fingerprint(source: str) -> str:
 
 
 def definitions(source: str) -> list[tuple[str, str]]:
-    """(name, AST dump) of each top-level statement of a module, with docstrings and import
-    statements (at any depth) removed; the name is what the statement defines ("" for none)."""
+    """(name, AST dump) of each top-level statement of a module, with docstrings, import statements (at
+    any depth) and classes' `check_spec` methods removed; the name is what the statement defines ("" for none)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):  # a task's check_spec shapes no problem (code_fingerprint)
+            node.body = [n for n in node.body if not (isinstance(n, ast.FunctionDef) and n.name == "check_spec")] or [ast.Pass()]
         for field in ("body", "orelse", "finalbody"):
             body = getattr(node, field, None)
             if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):

@@ -70,7 +70,12 @@ def client(cfg: ExperimentConfig) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # which also sets MLFLOW_TRACKING_URI in os.environ: undone below, or the
+    if before is None:  # next config of this process would resolve to this store (resolved_uri reads the env first)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     if uri.startswith("sqlite:///") and uri not in _READY:
         # MLflow creates and migrates a new sqlite store on first use; two Luigi workers doing that at
         # once fail ("duplicate column name"), so the first use is serialised with a file lock.

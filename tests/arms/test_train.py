@@ -233,8 +233,8 @@ def test_cli_logs_into_the_callers_mlflow_run(world, tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp, run_name="rl-child").info.run_id
-    cfg = {"name": "t", "seed": 3, "base_model": world["base"],
-           "tasks": [{"name": "toy_arith", "levels": [1]}],
+    cfg = {"name": "t", "seed": 3, "base_model": world["base"],  # the tiny world's context is 256 tokens
+           "tasks": [{"name": "toy_arith", "levels": [1]}], "eval": {"max_tokens": 128},
            "rl": {"num_generations": 2, "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1,
                   "max_completion_length": 8, "extra": FAST}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -259,7 +259,7 @@ def test_cli_logs_into_the_callers_mlflow_run(world, tmp_path):
 
 
 def test_cli_bad_input_exits_2_with_one_line(world, tmp_path):
-    cfg = {"name": "t", "base_model": world["base"], "tasks": [{"name": "toy_arith"}]}
+    cfg = {"name": "t", "base_model": world["base"], "tasks": [{"name": "toy_arith"}], "eval": {"max_tokens": 128}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.run(

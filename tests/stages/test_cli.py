@@ -4,6 +4,7 @@ config no longer refers to) and --list-tasks."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import luigi
@@ -86,8 +87,9 @@ def test_force_sets_the_output_aside_and_luigi_reruns_it(tmp_path, toyworld):
 
 
 @pytest.mark.slow
-def test_force_report_on_a_finished_study_reruns_the_report(smoke):
-    out, _ = smoke
+def test_force_report_on_a_finished_study_reruns_the_report(smoke, tmp_path):
+    out = tmp_path / "runs"  # a copy: the shared smoke study stays as other tests read it
+    shutil.copytree(smoke[0], out)
     cfg_args = ["--config", "configs/smoke.yaml", "--set", f"output_dir={out}"]
     report = Path(out) / "smoke" / "report"
     first = json.loads((report / "stage.json").read_text())["run_id"]

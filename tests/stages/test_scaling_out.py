@@ -249,7 +249,7 @@ def test_the_mlflow_server_holds_the_runs_lineage_metrics_and_artifacts(cluster)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     (parent,) = [r for r in runs if r.data.tags.get("dvr.parent") == "true"]
     children = {r.info.run_name.rsplit("-", 1)[0]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+                if parent.info.run_id in (r.data.tags.get("mlflow.parentRunId"), r.data.tags.get("dvr.parent_run_id"))}
     assert {"problems", "traces", "filtered", "rlprompts", "sft", "rl", "eval-base", "eval-teacher", "eval-sft",
             "eval-rl", "perplexity", "report"} <= set(children)
     assert children["sft"].data.tags["dvr.filtered_run_id"] == children["filtered"].info.run_id

@@ -80,7 +80,8 @@ def test_the_sweep_writes_its_tables(study):
     rep = runs / "algos" / "report"
     algos = pd.read_csv(rep / "algorithms.csv")
     assert list(algos["variant"]) == ["grpo", "rloo"] and set(algos["seeds"]) == {1}
-    assert (algos["rl_pass_at_1_ci_high"] > algos["rl_pass_at_1_ci_low"]).all()  # one seed: still an interval
+    # one seed: no seed interval (its coverage cannot be measured: "not judged" in the table)
+    assert algos["rl_pass_at_1_ci_high"].isna().all() and algos["rl_pass_at_1_ci_low"].isna().all()
     members = pd.read_csv(rep / "members.csv").set_index("member")
     tl = pd.read_csv(rep / "training_length.csv")
     assert sorted(set(tl["step"])) == [2, 3] and set(tl["k"]) == {1, 8}  # smoke: 3 RL steps, a snapshot at 2
