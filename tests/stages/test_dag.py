@@ -178,7 +178,8 @@ def test_the_rl_model_as_an_outside_model_equals_the_rl_arm(smoke, tmp_path):
     assert [{k: v for k, v in s.items() if k != "arm"} for s in sharp_row["support"]] == strip
     ppl_arm, ppl_row = (json.loads((d / "perplexity.json").read_text()) for d in (arm_rep, row_rep))
     assert ppl_row["ppl_under_base"]["rl-copy"]["median"] == pytest.approx(ppl_arm["ppl_under_base"]["rl"]["median"], rel=1e-4)
-    (kl_arm,), (kl_row,) = [k for k in sharp_arm["log_ratio"] if k["model"] == "rl"], sharp_row["log_ratio"]
+    (kl_arm,) = [k for k in sharp_arm["log_ratio"] if k["model"] == "rl"]
+    (kl_row,) = [k for k in sharp_row["log_ratio"] if k["model"] == "rl-copy"]
     assert kl_row["log_ratio_per_token"] == pytest.approx(kl_arm["log_ratio_per_token"], rel=1e-4)
     md = (row_rep / "report.md").read_text()
     assert "| rl-copy | n/a | n/a | n/a | trained elsewhere (the smoke RL model, copied) | not judged: trained elsewhere |" in md
