@@ -113,7 +113,7 @@ def test_verdict_same_model_twice_is_rarely_called_different():
     import pandas as pd
 
     from pipeline.analysis.passk import paired_ci
-    from pipeline.stages.report import verdict
+    from pipeline.analysis.verdicts import verdict
 
     rng = np.random.default_rng(10)
     ids = [f"p{i}" for i in range(V_PROBLEMS)]

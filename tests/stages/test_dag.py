@@ -133,7 +133,7 @@ def test_the_rl_model_as_an_outside_model_equals_the_rl_arm(smoke, tmp_path):
     verdicts conclusive; the RL arm's 3-step run is not judged either, which makes the arm's inconclusive."""
     import shutil
 
-    from pipeline.stages.report import verdict_words
+    from pipeline.analysis.verdicts import verdict_words
 
     out, _ = smoke
     study = out / "smoke"
