@@ -1,5 +1,5 @@
 """The README and docs say what is true of the repository: no issue numbers (a user cannot look
-them up), no link to a file that is not in it, and no reference from the source to notes outside it."""
+them up), no talk of how the tool was built (sessions, engineers: a user has neither), no link to a file that is not in it, and no reference from the source to notes outside it."""
 from __future__ import annotations
 
 import re
@@ -8,6 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ISSUE = re.compile(r"\bissues? #?\d+|(?<![\w&/])#\d{1,3}\b|\bthis issue\b", re.IGNORECASE)
+# the making of the tool, not the tool: a user has no session, engineer or lead
+MAKING = re.compile(r"\b(?:this|that|a|the|earlier|later|next) session\b|\bsessions\b|\bengineers?'?s?\b|\bthe lead\b|"
+                    r"\bhelpers?\b(?! (?:function|module|script))", re.IGNORECASE)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -20,6 +23,12 @@ def test_docs_name_no_issue_numbers():
     found = [f"{p.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}: {m.group(0)!r}"
              for p in DOCS for text in [_prose(p.read_text())] for m in ISSUE.finditer(text)]
     assert not found, "issue numbers in the docs:\n" + "\n".join(found)
+
+
+def test_docs_speak_of_the_tool_not_of_its_making():
+    found = [f"{p.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}: {m.group(0)!r}"
+             for p in DOCS for text in [_prose(p.read_text())] for m in MAKING.finditer(text)]
+    assert not found, "the docs speak of how the tool was made:\n" + "\n".join(found)
 
 
 def test_docs_link_only_to_files_that_exist():
