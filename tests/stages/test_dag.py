@@ -137,9 +137,10 @@ def test_the_rl_model_as_an_outside_model_equals_the_rl_arm(smoke, tmp_path):
 
     out, _ = smoke
     study = out / "smoke"
-    (rl,) = [d for d in study.glob("rl-*") if d.is_dir()]
+    run(out)  # the default study's report again, whichever of this module's reruns wrote it last (only the report reruns)
+    arm_models = json.loads((study / "report" / "models.json").read_text())
     copy = tmp_path / "published-rl"
-    shutil.copytree(rl / "model", copy)
+    shutil.copytree(arm_models["rl"]["model_path"], copy)
     before = {p.name for p in study.iterdir()}
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
     res = subprocess.run([sys.executable, "-m", "pipeline.run", "--config", "configs/smoke-outside.yaml", "--workers", "2",
@@ -154,7 +155,7 @@ def test_the_rl_model_as_an_outside_model_equals_the_rl_arm(smoke, tmp_path):
     def counts(d):
         return pd.read_csv(d / "per_problem.csv", dtype={"problem_id": str})[["problem_id", "n", "correct"]]
 
-    (ev_rl,) = [d for d in study.glob("eval-rl-*") if not d.name.startswith("eval-rl-copy")]
+    ev_rl = Path(arm_models["rl"]["eval_dir"])
     (ev_copy,) = study.glob("eval-rl-copy-*")
     pd.testing.assert_frame_equal(counts(ev_copy), counts(ev_rl))
 
