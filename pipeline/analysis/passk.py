@@ -12,6 +12,7 @@ MDD = (z_0.975 + z_0.8) · sd(d) / sqrt(N).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -43,20 +44,27 @@ def per_problem_passk(n: np.ndarray, c: np.ndarray, ks: list[int]) -> np.ndarray
     out = np.empty(n.shape + (len(ks),), dtype=float)
     for nv in np.unique(n):
         at = n == nv
-        table = np.array([[pass_at_k(int(nv), ci, k) for k in ks] for ci in range(int(nv) + 1)], dtype=float)
         if c[at].min(initial=0) < 0 or c[at].max(initial=0) > nv:
             raise ValueError(f"per_problem_passk: correct counts must lie in 0..{nv} for n={nv}")
-        out[at] = table[c[at]]
+        out[at] = passk_table_for(int(nv), tuple(int(k) for k in ks))[c[at]]
     return out
+
+
+@lru_cache(maxsize=256)
+def passk_table_for(n: int, ks: tuple[int, ...]) -> np.ndarray:
+    """[n + 1, len(ks)] table of pass_at_k(n, c, k) for c = 0..n (read-only, cached: a simulation asks for
+    the same few tables millions of times)."""
+    table = np.array([[pass_at_k(n, c, k) for k in ks] for c in range(n + 1)], dtype=float)
+    table.setflags(write=False)
+    return table
 
 
 def resample_weights(n_items: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n_items] counts of each item in n_boot seeded resamples with replacement."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n_items, size=(n_boot, n_items))
-    w = np.zeros((n_boot, n_items))
-    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
-    return w
+    flat = (np.arange(n_boot)[:, None] * n_items + idx).ravel()
+    return np.bincount(flat, minlength=n_boot * n_items).reshape(n_boot, n_items).astype(float)
 
 
 def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -89,8 +97,13 @@ def paired_ci(d: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarra
     m = d.mean(axis=-1)
     if n < 2:
         return m, np.full_like(m, np.nan), np.full_like(m, np.nan)
-    h = stats.t.ppf(0.5 + level / 2, n - 1) * d.std(axis=-1, ddof=1) / math.sqrt(n)
+    h = _t_quantile(0.5 + level / 2, n - 1) * d.std(axis=-1, ddof=1) / math.sqrt(n)
     return m, m - h, m + h
+
+
+@lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
+    return float(stats.t.ppf(q, df))
 
 
 def mdd(d: np.ndarray, n_problems: int | None = None, level: float = 0.95) -> float:
@@ -100,18 +113,46 @@ def mdd(d: np.ndarray, n_problems: int | None = None, level: float = 0.95) -> fl
     d = np.asarray(d, dtype=float)
     if len(d) < 2:
         return math.nan
-    factor = MDD_FACTOR if level == 0.95 else float(stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(0.8))
-    return float(factor * d.std(ddof=1) / math.sqrt(n_problems or len(d)))
+    return float(_mdd_factor(level) * d.std(ddof=1) / math.sqrt(n_problems or len(d)))
+
+
+@lru_cache(maxsize=256)
+def _mdd_factor(level: float) -> float:
+    return MDD_FACTOR if level == 0.95 else float(stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(0.8))
 
 
 def paired_values(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int) -> np.ndarray:
     """Per-problem pass@k_a(a) − pass@k_b(b) on the problems both saw (merged on problem_id)."""
-    m = a.merge(b, on="problem_id", suffixes=("_a", "_b"))
-    if m.empty:
+    ia, ib = shared_rows(a, b)
+    if not len(ia):
         raise ValueError("paired_difference: the two models share no problem ids")
-    va = per_problem_passk(m["n_a"].to_numpy(), m["correct_a"].to_numpy(), [k_a])[:, 0]
-    vb = per_problem_passk(m["n_b"].to_numpy(), m["correct_b"].to_numpy(), [k_b])[:, 0]
+    va = per_problem_passk(a["n"].to_numpy()[ia], a["correct"].to_numpy()[ia], [k_a])[:, 0]
+    vb = per_problem_passk(b["n"].to_numpy()[ib], b["correct"].to_numpy()[ib], [k_b])[:, 0]
     return va - vb
+
+
+def shared_rows(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (ia, ib) of the problems a and b share, in the order of a.merge(b, on="problem_id")
+    (a's order where the ids are unique in both, without building the merged frame; else the merge's)."""
+    ida, idb = pd.Index(a["problem_id"]), pd.Index(b["problem_id"])
+    if ida.is_unique and idb.is_unique and ida.dtype == idb.dtype:
+        ib = idb.get_indexer(ida)
+        ia = np.flatnonzero(ib >= 0)
+        return ia, ib[ia]
+    m = pd.DataFrame({"problem_id": a["problem_id"].to_numpy(), "_ia": np.arange(len(a))}).merge(
+        pd.DataFrame({"problem_id": b["problem_id"].to_numpy(), "_ib": np.arange(len(b))}), on="problem_id")
+    return m["_ia"].to_numpy(), m["_ib"].to_numpy()
+
+
+def merge_counts(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """problem_id, n_a, correct_a, n_b, correct_b of the problems both evaluations saw, sorted by problem_id
+    (stable): a.merge(b, on="problem_id") of those columns, built from shared_rows."""
+    ia, ib = shared_rows(a, b)
+    if not len(ia):
+        raise ValueError("the two evaluations share no problem ids")
+    cols = {f"{c}_{s}": x[c].to_numpy()[i] for s, x, i in (("a", a, ia), ("b", b, ib)) for c in ("n", "correct")}
+    m = pd.DataFrame({"problem_id": a["problem_id"].to_numpy()[ia], **cols})
+    return m.sort_values("problem_id", kind="stable").reset_index(drop=True)
 
 
 def predicted_mdd(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_problems: int) -> float:
@@ -126,7 +167,11 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, k_a: int, k_b: int, n_bo
     module docstring; n_boot = 0 means no interval is asked for, as eval.bootstrap: 0; seed unused).
 
     Returns (difference, ci_low, ci_high, number of shared problems, MDD)."""
-    d = paired_values(a, b, k_a, k_b)
+    return paired_summary(paired_values(a, b, k_a, k_b), n_boot, level)
+
+
+def paired_summary(d: np.ndarray, n_boot: int = 1000, level: float = 0.95):
+    """paired_difference's tuple from the per-problem differences d (paired_values)."""
     if n_boot <= 0 or len(d) < 2:  # no interval to state
         return float(d.mean()), math.nan, math.nan, len(d), mdd(d, level=level)
     m, lo, hi = paired_ci(d, level)

@@ -37,20 +37,14 @@ import pandas as pd
 from pipeline.analysis.chains import CHAIN_M, canonical_chain, distinct_at_m, distinct_correct  # noqa: F401
 from pipeline.analysis.logratio import log_ratio_to_base
 from pipeline.analysis.family import Family, paired_p
-from pipeline.analysis.passk import paired_difference, paired_values, per_problem_passk, resample_weights
+from pipeline.analysis.passk import merge_counts as _merge
+from pipeline.analysis.passk import paired_difference, paired_summary, paired_values, per_problem_passk, resample_weights
 from pipeline.analysis.support import SUPPORT, support_claims, support_transitions
 from pipeline.core.text import md_table as _table
 
 # the crossover interval's tails: the percentile bootstrap of a first-crossing k at 2.5% per tail missed the
 # true crossover 5.5% of the time (simulated, tests/analysis/test_calibration.py); at 1% per tail it stays under 5%
 CROSSOVER_TAIL = 0.01
-
-
-def _merge(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    m = a[["problem_id", "n", "correct"]].merge(b[["problem_id", "n", "correct"]], on="problem_id", suffixes=("_a", "_b"))
-    if m.empty:
-        raise ValueError("the two evaluations share no problem ids")
-    return m.sort_values("problem_id", kind="stable").reset_index(drop=True)
 
 
 def _first_at_least(diff: np.ndarray) -> np.ndarray:
@@ -138,12 +132,13 @@ def net_gain(pp: Mapping[str, pd.DataFrame], arm: str, group: list[str], k: int,
     difference is positive ("higher" needs every lower bound above zero), else G * min p_c over the negative
     differences ("lower" needs one upper bound below zero), G the group's size."""
     each_level = 1 - (1 - level) / len(group)
-    res = {c: paired_difference(pp[arm], pp[c], k, k, n_boot=n_boot, seed=seed, level=each_level) for c in group}
+    diffs = {c: paired_values(pp[arm], pp[c], k, k) for c in group}
+    res = {c: paired_summary(diffs[c], n_boot, each_level) for c in group}
     best = min(res, key=lambda c: res[c][0])
     d, _, _, n, mdd = res[best]
     lo, hi = min(r[1] for r in res.values()), min(r[2] for r in res.values())
     g = len(group)
-    ps = {c: paired_p(paired_values(pp[arm], pp[c], k, k)) for c in group}
+    ps = {c: paired_p(diffs[c]) for c in group}
     if math.isnan(lo):
         p = math.nan
     elif all(r[0] > 0 for r in res.values()):

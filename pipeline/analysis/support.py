@@ -10,14 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipeline.analysis.passk import merge_counts as _merge
+
 SUPPORT = ("preserved", "expanded", "shrunk", "out_of_support")
-
-
-def _merge(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    m = a[["problem_id", "n", "correct"]].merge(b[["problem_id", "n", "correct"]], on="problem_id", suffixes=("_a", "_b"))
-    if m.empty:
-        raise ValueError("the two evaluations share no problem ids")
-    return m.sort_values("problem_id", kind="stable").reset_index(drop=True)
 
 
 def same_model_probabilities(c_base, n_base, c_arm, n_arm) -> np.ndarray:

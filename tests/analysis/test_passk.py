@@ -113,3 +113,41 @@ def test_task_curves_give_each_task_its_own_pass_at_k_key_at_step_k():
     val = {(k, s): v for k, v, s in got}
     assert val["pass_at_k/arith", 1] == 0.5 and val["pass_at_k/gsm8k", 1] == 0.5
     assert val["pass_at_k/gsm8k", 4] == 1.0 and val["pass_at_k/arith", 4] == 0.5
+
+
+def test_the_fast_paths_give_the_old_numbers_bit_for_bit():
+    """The speed-ups (cached pass@k tables, bincount resample counts, positional pairing without a merged
+    frame) return exactly what the code before them did: the table of pass_at_k calls, np.add.at counts,
+    and a.merge(b, on="problem_id") pairs, here with shuffled, partly shared and repeated ids."""
+    from pipeline.analysis.passk import merge_counts, paired_values, per_problem_passk, resample_weights
+
+    rng = np.random.default_rng(3)
+    n, c, ks = 16, rng.integers(0, 17, 50), [1, 4, 16]
+    old = np.array([[pass_at_k(n, int(ci), k) for k in ks] for ci in c])
+    assert np.array_equal(per_problem_passk(np.full(50, n), c, ks), old)
+    assert np.array_equal(per_problem_passk(np.full(50, n), c, ks), old)  # from the cache: the same again
+
+    for n_items, n_boot, seed in ((7, 5, 0), (100, 500, 11)):
+        idx = np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
+        w = np.zeros((n_boot, n_items))
+        np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
+        assert np.array_equal(resample_weights(n_items, n_boot, seed), w)
+
+    def frame(ids):
+        return pd.DataFrame({"problem_id": ids, "n": 8, "correct": rng.integers(0, 9, len(ids))})
+
+    def merged(a, b):
+        m = a.merge(b, on="problem_id", suffixes=("_a", "_b"))
+        return (per_problem_passk(m["n_a"].to_numpy(), m["correct_a"].to_numpy(), [2])[:, 0]
+                - per_problem_passk(m["n_b"].to_numpy(), m["correct_b"].to_numpy(), [3])[:, 0])
+
+    ids = [f"p{i}" for i in range(30)]
+    for a, b in ((frame(ids), frame(ids)), (frame(ids), frame(list(rng.permutation(ids)))),
+                 (frame(ids[:20]), frame(list(rng.permutation(ids[5:])))), (frame(ids[:5] * 2), frame(ids[:8]))):
+        assert np.array_equal(paired_values(a, b, 2, 3), merged(a, b))
+        cols = ["problem_id", "n", "correct"]
+        old = a[cols].merge(b[cols], on="problem_id", suffixes=("_a", "_b"))
+        old = old.sort_values("problem_id", kind="stable").reset_index(drop=True)
+        pd.testing.assert_frame_equal(merge_counts(a, b), old)
+    with pytest.raises(ValueError, match="share no problem ids"):
+        paired_values(frame(ids[:3]), frame(ids[3:6]), 1, 1)
