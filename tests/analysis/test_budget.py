@@ -191,7 +191,9 @@ def test_uniform_n_predicts_a_real_uniform_run(shape, share, target):
     the real n for its width: with the true rates in place of the prior, the medians are 0.85-0.93).
     Measured medians: 0.94, 1.01, 1.14 (skewed: 0%, 8%, 30%), 0.88, 0.90, 0.99 (bimodal); single runs
     0.72-1.21. The Beta prior before: 0.86, 0.98, 1.13, 0.80, 0.94, 1.19 (fails bimodal 0% and 30%; one
-    run at 0.66)."""
+    run at 0.66). The seeds are fixed: with three other seeds of the runs the medians of skewed 30% were
+    1.35, 1.14, 1.17 and of bimodal 0% and 8% down to 0.85 and 0.80, so this passes at its seed with
+    little room, and the bound is not met for every draw of runs."""
     runs = _predicted_and_real(shape, share, target)
     r = np.array([p / real for p, real in runs])
     assert abs(np.median(r) - 1) <= 0.15 and np.all(np.abs(r - 1) <= 0.30), runs
