@@ -57,7 +57,8 @@ def test_reaches_the_target_with_fewer_samples_than_uniform_n():
     c = res["counts"]["rl"]
     assert all(c.loc[i, "correct"] == samples("rl", i, 0, int(c.loc[i, "n"])) for i in range(N))
     predicted, why = budget.uniform_n(res["counts"], [("base", "rl")], K, final, K, 4096)
-    assert why is None and 128 < predicted <= 1024  # uniform 128 does not reach it (measured width 0.054)
+    # uniform 128 does not reach it (measured width 0.054), 256 does (0.026); predicted 276
+    assert why is None and 128 < predicted <= 384
 
 
 def test_stops_at_max_n():
@@ -78,8 +79,9 @@ def _never_solved_rates(share: float, seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("share", [0.0, 0.08, 0.3])
 def test_uniform_n_at_the_width_round_0_reached_is_about_round_0s_n(share):
     """With 0%, 8% and 30% of the problems never solved: asked for the width the uniform n = 64 counts
-    already have, the predicted uniform n is within 25% of 64 (measured 65, 69, 77; the plug-in rate
-    (c + 0.5) / (n + 1) gave never-solved problems a fake variance and predicted 169)."""
+    already have, the predicted uniform n is within 25% of 64 (measured 76, 65, 64; the Beta prior before
+    gave 65, 69, 77; the grid prior's EM run to convergence 96, 64, 64; the plug-in rate (c + 0.5) / (n + 1)
+    gave never-solved problems a fake variance and predicted 169)."""
     rates = _never_solved_rates(share)
     rng = np.random.default_rng(1)
     ids = [f"q{i}" for i in range(200)]
@@ -119,3 +121,79 @@ def test_the_adaptive_verdicts_mdd_is_at_their_level():
     *_, mdd = paired_difference(a, b, K, K, level=budget.LEVEL)
     z = stats.norm.ppf(0.5 + budget.LEVEL / 2) + stats.norm.ppf(0.8)
     assert mdd == pytest.approx(z * d.std(ddof=1) / np.sqrt(N)) and budget.LEVEL == 0.96
+
+
+def _study_rates(shape: str, share: float, seed: int = 0, size: int = 300) -> dict[str, np.ndarray]:
+    """Known pass rates of two models on `size` problems. The base's: "skewed" ~ Beta(0.3, 0.9) (many hard
+    problems, where pass@64 is noisy), or "bimodal", 30% hard ~ Beta(1, 40) (rates about 0.025) and the rest
+    ~ Beta(2, 2); RL's shifted on the logit scale by N(0.3, 0.5) per problem; `share` of the problems solved
+    by neither (rate 0)."""
+    from scipy import special
+
+    r = np.random.default_rng(seed)
+    if shape == "skewed":
+        p = r.beta(0.3, 0.9, size)
+    else:
+        p = np.where(r.random(size) < 0.3, r.beta(1, 40, size), r.beta(2, 2, size))
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    q = special.expit(special.logit(p) + r.normal(0.3, 0.5, size))
+    never = r.random(size) < share
+    p[never], q[never] = 0, 0
+    return {"base": p, "rl": q}
+
+
+def _predicted_and_real(shape: str, share: float, target: float) -> list[tuple[int, float]]:
+    """(predicted, real) uniform n of five adaptive runs on `_study_rates(shape, share)` (see the test below)."""
+    from pipeline.analysis.passk import paired_ci
+
+    rates, size, max_n = _study_rates(shape, share), 300, 1024
+    ids = [f"q{i}" for i in range(size)]
+    rng, ref = np.random.default_rng(7), np.random.default_rng(8)  # the runs' samples, the reference's
+    grid = np.arange(64, 2049, 16)
+    median_width = []  # of real uniform runs at each n of the grid, until it is below every goal
+    ratios = []
+    for run in range(5):
+        # each sample stream is the problem's first max_n Bernoulli draws: cumulative correct counts
+        cum = {m: np.c_[np.zeros(size, int), np.cumsum(rng.random((size, max_n)) < p[:, None], axis=1)]
+               for m, p in rates.items()}
+        start = {m: pd.DataFrame({"problem_id": ids, "n": K, "correct": c[:, K]}) for m, c in cum.items()}
+
+        def draw(m, pids, first, extra, cum=cum):
+            rows = [int(q[1:]) for q in pids]
+            return (cum[m][rows, first + extra] - cum[m][rows, first]).tolist()
+
+        res = budget.run(start, [("base", "rl")], K, target, max_n, draw=draw)
+        goal = res["rounds"][-1]["widths"]["base-rl"]
+        predicted, why = budget.uniform_n(res["counts"], [("base", "rl")], K, goal, K, 64 * max_n)
+        assert why is None
+        while not median_width or median_width[-1] > goal:
+            n = int(grid[len(median_width)])
+            c = {m: ref.binomial(n, p, size=(200, size)) for m, p in rates.items()}
+            _, lo, hi = paired_ci(budget._table(n, K)[c["base"]] - budget._table(n, K)[c["rl"]])
+            median_width.append(float(np.median(hi - lo)))
+        j = np.flatnonzero(np.array(median_width) <= goal)[0]  # the first n of the grid at the goal
+        # the median width falls with n: where it crosses the goal, linear between the grid's n below and j
+        real = float(grid[j]) if j == 0 else float(
+            np.interp(goal, median_width[j - 1:j + 1][::-1], grid[j - 1:j + 1][::-1]))
+        ratios.append((predicted, real))
+    return ratios
+
+
+@pytest.mark.parametrize("shape,share,target", [("skewed", 0.0, 0.04), ("skewed", 0.08, 0.038), ("skewed", 0.3, 0.03),
+                                                ("bimodal", 0.0, 0.034), ("bimodal", 0.08, 0.033), ("bimodal", 0.3, 0.03)])
+def test_uniform_n_predicts_a_real_uniform_run(shape, share, target):
+    """The n the report's samples-saved figure rests on, against real uniform runs. Known rates (300
+    problems, k = 64, 0% / 8% / 30% never solved); five evaluations, each sampled by the adaptive budget to
+    the target from a uniform n = 64 round; each run's prediction, from its final counts and for its final
+    width, against the real uniform n for that width: where the median width of 200 uniform runs drawn from
+    the true rates crosses it (n in steps of 16, linear between the two around the crossing). The median of
+    the five predicted / real must be within 15% of 1, and every run within 30% (one run's own luck moves
+    the real n for its width: with the true rates in place of the prior, the medians are 0.85-0.93).
+    Measured medians: 0.94, 1.01, 1.14 (skewed: 0%, 8%, 30%), 0.88, 0.90, 0.99 (bimodal); single runs
+    0.72-1.21. The Beta prior before: 0.86, 0.98, 1.13, 0.80, 0.94, 1.19 (fails bimodal 0% and 30%; one
+    run at 0.66). The seeds are fixed: with three other seeds of the runs the medians of skewed 30% were
+    1.35, 1.14, 1.17 and of bimodal 0% and 8% down to 0.85 and 0.80, so this passes at its seed with
+    little room, and the bound is not met for every draw of runs."""
+    runs = _predicted_and_real(shape, share, target)
+    r = np.array([p / real for p, real in runs])
+    assert abs(np.median(r) - 1) <= 0.15 and np.all(np.abs(r - 1) <= 0.30), runs
