@@ -8,6 +8,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs two pytest workers on the machine's two cores: one compute thread per process, in the
+# workers and in every process a test starts (they inherit the variable; a study's stages set their own from
+# compute.threads). Two OpenMP threads per process spin against each other there: the SmolLM2 GRPO-step test
+# took 198 s with torch's default of two threads and 109 s with one, at load average 3.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): its thread count is already set
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="module")
