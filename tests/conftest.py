@@ -8,10 +8,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One OpenBLAS thread for numpy (set before any test module imports it): the suite runs on two workers on
-# two cores, and a bootstrap's small matrix product (500 resamples x 100 problems x 64 k) took 8.5 ms with
-# two threads fighting the other worker, 0.28 ms with one; the products' values are the same either way
+# `make test` runs two pytest workers on the machine's two cores: one compute thread per process, in the
+# workers and in every process a test starts (they inherit the variables; a study's stages set their own from
+# compute.threads). Two threads per process spin against the other worker's: the SmolLM2 GRPO-step test took
+# 198 s with torch's default of two OpenMP threads and 109 s with one, at load average 3; a bootstrap's small
+# numpy product (500 resamples x 100 problems x 64 k) 8.5 ms with two OpenBLAS threads, 0.28 ms with one.
+# The values are the same either way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): its thread count is already set
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ own buffer, n rows per prompt, with room for max_tokens more columns. Every deco
 forward over the rows of all blocks (the matrix products see the whole batch); attention runs per
 block over exactly the block's columns, with each query-head group reading its KV head in place.
 A row that ends (an end-of-sequence token or max_tokens) is dropped when a quarter of its block
-has ended (one copy of that block's cache), which frees room for the next prompts. Models with
+has ended (the live rows moved down in place, the columns written so far only), which frees room
+for the next prompts. On Llama-family models the decode step is pipeline/sampling/decode_step.py:
+the operations of transformers' forward without its module machinery, with equal logits. Models with
 sliding-window attention (Mistral-style `sliding_window`, or `layer_types` other than
 full_attention) are refused.
 
@@ -47,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.sampling import decode_step
+
 TOPK_FIRST = 64  # candidates examined before a full sort in top-p
 ATTENTION = "pipeline_cb"  # our attention function's name in transformers' AttentionInterface
 _M64 = (1 << 64) - 1
@@ -69,24 +73,33 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def u64(values) -> np.ndarray:
+    """Python integers (any sign or size) as uint64, modulo 2**64."""
+    return np.asarray([int(x) & _M64 for x in values], dtype=np.uint64)
+
+
 def uniforms(seed: int, keys, samples, steps) -> torch.Tensor:
-    """One float64 uniform in [0, 1) per row, a function of (seed, key, sample index, step) alone."""
+    """One float64 uniform in [0, 1) per row, a function of (seed, key, sample index, step) alone.
+    Each part is a sequence of integers or a uint64 array (`u64`)."""
     with np.errstate(over="ignore"):
         h = _mix(np.full(len(keys), (seed & _M64), dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
         for part in (keys, samples, steps):
-            h = _mix(h ^ np.asarray([int(x) & _M64 for x in part], dtype=np.uint64))
+            h = _mix(h ^ (part if isinstance(part, np.ndarray) and part.dtype == np.uint64 else u64(part)))
     return torch.from_numpy((h >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
 class _Block:
     """Rows admitted together: a KV buffer per layer [rows, kv_heads, capacity, head_dim], filled to column t."""
 
-    def __init__(self, k, v, pad_mask, pos, seqs, t):
+    def __init__(self, k, v, pad_mask, pos, seqs, t, outs, keys, samples):
         self.k, self.v = k, v  # lists over layers
         self.mask = pad_mask  # [rows, capacity] bool: the prompt's real tokens and every sampled column
         self.pos, self.seqs, self.t = pos, seqs, t  # next position id per row; sequence id per row
+        self.outs = outs  # per row: the list its tokens are appended to
+        self.keys, self.samples = keys, samples  # per row, uint64: its prompt's key and its sample index
         self.last = torch.zeros_like(pos)  # next input token per row
-        self.ended = torch.zeros(len(seqs), dtype=torch.bool)
+        self.ended = [False] * len(seqs)
+        self.n_ended = 0
         self.drawn = 0  # tokens drawn so far per row (the same for every row of a block)
 
     @property
@@ -94,12 +107,18 @@ class _Block:
         return len(self.seqs)
 
     def drop_ended(self) -> None:
-        keep = (~self.ended).nonzero().squeeze(1)
-        self.k = [k[keep] for k in self.k]
-        self.v = [v[keep] for v in self.v]
-        self.mask, self.pos, self.last = self.mask[keep], self.pos[keep], self.last[keep]
-        self.seqs = [self.seqs[i] for i in keep.tolist()]
-        self.ended = self.ended[keep]
+        """Keep the live rows, moved down in place: only the columns written so far are copied."""
+        keep = [i for i, e in enumerate(self.ended) if not e]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.pos.device)
+        for cache in (self.k, self.v):
+            for j, c in enumerate(cache):
+                c[: len(keep), :, : self.t] = c[idx, :, : self.t]
+                cache[j] = c[: len(keep)]
+        self.mask, self.pos, self.last = self.mask[idx], self.pos[idx], self.last[idx]
+        self.seqs = [self.seqs[i] for i in keep]
+        self.outs = [self.outs[i] for i in keep]
+        self.keys, self.samples = self.keys[keep], self.samples[keep]
+        self.ended, self.n_ended = [False] * len(keep), 0
 
 
 class _Batch:
@@ -191,7 +210,7 @@ def attention(lm):
 @torch.no_grad()
 def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperature: float, top_p: float,
              eos_ids: list[int], seed: int, keys: list[int] | None = None, first_sample: int = 0, width: int = 256,
-             prefill_batch: int = 8, progress=None) -> tuple[list[list[list[int]]], Stats]:
+             prefill_batch: int = 8, progress=None, fast_step: bool = True) -> tuple[list[list[list[int]]], Stats]:
     """Samples first_sample .. first_sample+n-1 of each prompt, as token ids (with the end-of-sequence
     token when one was drawn). `keys`: one integer per prompt naming it in the random draws (default:
     its index in `prompts`); see the module docstring. `lm` must have had `install_attention` called on it."""
@@ -204,39 +223,42 @@ def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperatu
     eos = torch.tensor(sorted(eos_ids), device=device)
     out: list[list[list[int]]] = [[[] for _ in range(per)] for _ in prompts]
     batch, stats, pending = _Batch(), Stats(), 0
+    fast = decode_step.step_for(lm) if fast_step else None  # Llama-family: the same operations without the modules
 
     def noise(blocks: list[_Block]) -> torch.Tensor | None:
         if temperature <= 0:
             return None
-        seqs = [s for b in blocks for s in b.seqs]
-        steps = [b.drawn for b in blocks for _ in b.seqs]
-        return uniforms(seed, [keys[s // per] for s in seqs], [first_sample + s % per for s in seqs], steps).to(device)
+        cat = np.concatenate
+        steps = cat([np.full(b.rows, b.drawn, dtype=np.uint64) for b in blocks])
+        return uniforms(seed, cat([b.keys for b in blocks]), cat([b.samples for b in blocks]), steps).to(device)
 
     def record(tokens: torch.Tensor, blocks: list[_Block]) -> None:
         off = 0
         toks, is_eos = tokens.tolist(), torch.isin(tokens, eos).tolist()
         for b in blocks:
             b.drawn += 1
-            for i, s in enumerate(b.seqs):
-                if b.ended[i]:
+            ended = b.ended
+            for i, seq in enumerate(b.outs):
+                if ended[i]:
                     continue
-                seq = out[s // per][s % per]
                 seq.append(toks[off + i])
                 stats.tokens += 1
                 if is_eos[off + i] or len(seq) >= max_tokens:
-                    b.ended[i] = True
+                    ended[i] = True
+                    b.n_ended += 1
             off += b.rows
 
     while pending < len(prompts) or batch.blocks:
         for b in batch.blocks:  # drop ended rows once a quarter of a block has ended
-            if 4 * int(b.ended.sum()) >= b.rows:
+            if 4 * b.n_ended >= b.rows:
                 b.drop_ended()
         batch.blocks = [b for b in batch.blocks if b.rows]
         room = (width - batch.rows) // per
         if pending < len(prompts) and room:
             group = prompts[pending : pending + min(room, prefill_batch)]
-            block, logits = _prefill(lm, group, per, max_tokens, [s for i in range(pending, pending + len(group))
-                                                                  for s in range(i * per, (i + 1) * per)], stats)
+            seqs = [s for i in range(pending, pending + len(group)) for s in range(i * per, (i + 1) * per)]
+            block, logits = _prefill(lm, group, per, max_tokens, seqs, stats, [out[s // per][s % per] for s in seqs],
+                                     u64([keys[s // per] for s in seqs]), u64([first_sample + s % per for s in seqs]))
             pending += len(group)
             tok = sample_next(logits, temperature, top_p, noise([block]), stats)
             block.last = tok
@@ -251,9 +273,12 @@ def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperatu
             b.mask[:, b.t] = True
         last = torch.cat([b.last for b in batch.blocks])[:, None]
         pos = torch.cat([b.pos for b in batch.blocks])[:, None]
-        dummy_mask = torch.ones(last.shape[0], 1, 1, 1, dtype=torch.bool, device=device)  # 4D: used as is, unread
-        logits = lm(input_ids=last, position_ids=pos, attention_mask=dummy_mask, past_key_values=batch,
-                    use_cache=True, logits_to_keep=1, _cb_batch=batch).logits[:, -1]
+        if fast is not None:
+            logits = fast(lm, batch, last, pos)
+        else:
+            dummy_mask = torch.ones(last.shape[0], 1, 1, 1, dtype=torch.bool, device=device)  # 4D: used as is, unread
+            logits = lm(input_ids=last, position_ids=pos, attention_mask=dummy_mask, past_key_values=batch,
+                        use_cache=True, logits_to_keep=1, _cb_batch=batch).logits[:, -1]
         stats.steps += 1
         stats.row_steps += last.shape[0]
         stats.peak_blocks = max(stats.peak_blocks, len(batch.blocks))
@@ -266,7 +291,7 @@ def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperatu
             off += b.rows
         record(tok, batch.blocks)
         for b in batch.blocks:
-            if bool(b.ended.all()):
+            if b.n_ended == b.rows:
                 b.seqs, b.k, b.v = [], [], []
         batch.blocks = [b for b in batch.blocks if b.seqs]
     if per == 1 and n > 1:
@@ -274,9 +299,11 @@ def generate(lm, prompts: list[list[int]], n: int, *, max_tokens: int, temperatu
     return out, stats
 
 
-def _prefill(lm, prompts: list[list[int]], per: int, max_tokens: int, seqs: list[int], stats: Stats):
+def _prefill(lm, prompts: list[list[int]], per: int, max_tokens: int, seqs: list[int], stats: Stats, outs: list,
+             keys: np.ndarray, samples: np.ndarray):
     """Run the prompts once (left-padded), copy each one's keys and values into `per` rows of a new
-    block with room for max_tokens more columns; return the block and each row's next-token logits."""
+    block with room for max_tokens more columns; return the block and each row's next-token logits.
+    Per row: seqs its sequence id, outs the list its tokens go to, keys and samples its random-draw counters."""
     from transformers import DynamicCache
 
     device = next(lm.parameters()).device
@@ -303,7 +330,7 @@ def _prefill(lm, prompts: list[list[int]], per: int, max_tokens: int, seqs: list
     mask = torch.zeros(rows, cap, dtype=torch.bool, device=device)
     mask[:, :L] = am.bool().repeat_interleave(per, 0)
     pos = torch.tensor(lens, device=device).repeat_interleave(per)
-    return _Block(ks, vs, mask, pos, seqs, L), res.logits[:, -1].repeat_interleave(per, 0)
+    return _Block(ks, vs, mask, pos, seqs, L, outs, keys, samples), res.logits[:, -1].repeat_interleave(per, 0)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None,

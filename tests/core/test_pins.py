@@ -83,3 +83,18 @@ def test_prompt_encoding_refuses_a_trainer_without_the_method():
         rl.with_our_prompt_encoding(Renamed)
     assert str(e.value) == ("pipeline/arms/trl_patches.py overrides TRL's private Renamed._tokenize_prompts written for trl 1.16.*; "
                             f"installed trl {trl.__version__} has no such method: install the pinned set with `make setup`")
+
+
+def test_the_suite_runs_one_compute_thread_per_process():
+    """conftest.py: two pytest workers share two cores, so each process, and each process a test starts,
+    computes on one thread (two spinning OpenMP threads per process nearly halve the suite's speed)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
+                           text=True, check=True)
+    assert child.stdout.strip() == "1"

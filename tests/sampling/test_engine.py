@@ -301,3 +301,37 @@ def test_mistral_style_sliding_window_is_refused():
     with pytest.raises(ValueError, match=r"^generation.backend: 'cb' needs full attention .*'sliding_attention'"):
         batching.install_attention(lm)
     assert batching.supported(MistralForCausalLM(MistralConfig(**{**cfg.to_dict(), "sliding_window": None})))
+
+
+@pytest.mark.parametrize("model", ["toy base, float32", "toy base, bfloat16", "qwen2 gqa"])
+def test_the_written_out_decode_step_equals_the_module_forward(toyworld, model):
+    """pipeline/sampling/decode_step.py runs transformers' operations without its modules: the same
+    token ids, sample for sample, with prompts admitted mid-stream and ended rows dropped (width 3 n);
+    on the toy base in float32 and bfloat16, and on a Qwen2-style model with grouped-query heads and
+    biases. A projection wrapped by LoRA (peft) keeps the module forward, which applies the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from pipeline.sampling import decode_step
+
+    if model.startswith("toy"):
+        lm, tok = load(str(toyworld / "base"))
+        lm = lm.to(torch.bfloat16 if model.endswith("bfloat16") else torch.float32)
+        task = get_task("toy_arith")
+        ids = [tok(task.prompt(p, tok), add_special_tokens=False)["input_ids"]
+               for p in task.problems("test", 8, seed=0, levels=[1, 3, 5])]
+        eos = [tok.eos_token_id]
+    else:
+        lm = qwen_gqa()
+        g = torch.Generator().manual_seed(4)
+        ids = [torch.randint(3, lm.config.vocab_size, (L,), generator=g).tolist() for L in (4, 9, 6, 7)]
+        with torch.no_grad():  # the second prompt's most likely first token ends rows: drops and admissions
+            eos = [int(lm(torch.tensor([ids[1]])).logits[0, -1].argmax())]
+    batching.install_attention(lm)
+    assert decode_step.step_for(lm) is decode_step.decode
+    kw = dict(max_tokens=60, temperature=0.8, top_p=0.95, eos_ids=eos, seed=1, width=48)
+    fast, stats = batching.generate(lm, ids, 16, **kw)
+    slow, _ = batching.generate(lm, ids, 16, fast_step=False, **kw)
+    assert fast == slow
+    assert stats.peak_blocks > 1 and stats.row_steps < max(map(len, (s for row in fast for s in row))) * 48
+    adapted = get_peft_model(lm, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert decode_step.step_for(adapted.base_model.model) is None
