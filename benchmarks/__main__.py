@@ -187,7 +187,7 @@ def profile(work: Path, quick: bool) -> dict:
     print("[benchmarks] profile", flush=True)
     problems = "16" if quick else "64"
     return dict(rows=[run_json(["benchmarks.profile", "--model", str(ROOT / model), "--problems", problems, "--width", w])
-                      for model in ("toyworld/base", "toyworld/teacher") for w in ("256", "512")])
+                      for model in ("toyworld/base", "toyworld/teacher") for w in ("256", "1024")])
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def test_the_suite_runs_one_compute_thread_per_process():
 
     import torch
 
-    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
     child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
                            text=True, check=True)
     assert child.stdout.strip() == "1"
