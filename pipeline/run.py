@@ -144,7 +144,7 @@ def _clean(roots, reports, top, yes: bool) -> int:
               f"rerun with --clean --yes to remove them")
         return 0
     with ExitStack() as held:  # never under a running study
-        session.hold(reports, True, held)
+        session.hold(reports, True, held, stages=False)
         p.drop(found)
     print(f"removed {len(found)}")
     return 0

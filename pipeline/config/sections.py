@@ -183,6 +183,9 @@ class ComputeConfig(Strict):
     devices: dict[str, str] = Field(default_factory=dict)
     eval_devices: str | None = None
     threads: int | None = Field(None, ge=1)  # OMP/torch threads per stage process (CPU runs)
+    # on a machine without GPUs, stage processes are forked from one process of the invocation that has
+    # imported torch, transformers and TRL once (7-16 s a stage otherwise); false: each starts as `python -m`
+    fork_stages: bool = True
     # vLLM parallelism for the sampling stages (teacher traces, evaluations, the RL prompt filter):
     # each engine spans vllm_tensor_parallel_size GPUs, and vllm_data_parallel_size engines (one process
     # each, on their own GPUs) sample disjoint shards at once; a shard's samples do not depend on which

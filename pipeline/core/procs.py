@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core import tracking
+from pipeline.core import forkserver, tracking
 from pipeline.config import ExperimentConfig
 
 PERCENT = re.compile(rb"(\d{1,3})%")
@@ -69,7 +69,11 @@ def run_stage_process(
         if log.tell():  # on a line of its own: a killed attempt can leave its last line (a progress bar) unfinished
             log.write(b"\n")
         log.write((f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt by pid {os.getpid()}\n$ " + " ".join(cmd) + "\n").encode())
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        plain = cmd[:2] == [sys.executable, "-m"]  # not `accelerate launch`: a fork of a warm process will do
+        proc = (plain and forkserver.spawn(cmd[2], cmd[3:], env)) or \
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        if isinstance(proc, forkserver.Forked):
+            log.write(f"(pid {proc.pid}, forked from this invocation's stage server)\n".encode())
         assert proc.stdout is not None
         try:
             while chunk := proc.stdout.read1(65536):

@@ -11,6 +11,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.core import forkserver
 from pipeline.core.io import lock
 
 
@@ -56,7 +57,7 @@ def check_writable(cfg: ExperimentConfig) -> None:
                           f"write to") from None
 
 
-def hold(reports, local: bool, held: ExitStack) -> None:
+def hold(reports, local: bool, held: ExitStack, stages: bool = True) -> None:
     """The checks and locks of one invocation, before anything is scheduled: output_dir takes files, an
     http(s) MLflow server answers, and each study's lock is held on `held`: exclusively with the local
     scheduler, shared with a central one (several workers share a study by design: the scheduler gives
@@ -68,6 +69,15 @@ def hold(reports, local: bool, held: ExitStack) -> None:
     tracking.check_server(reports[0].cfg)
     for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
         held.enter_context(study_lock(r.cfg, shared=not local))
+    if stages and all(r.cfg.compute.fork_stages for r in reports) and not forkserver.gpu_machine():
+        held.enter_context(forkserver.serving(PRELOAD, log=reports[0].cfg.run_dir / "logs" / "forkserver.log"))
+
+
+# what the stage processes import, in the order they first need it ("module:attribute" for transformers' and
+# TRL's lazy attributes): the fork server imports these once per invocation (pipeline/core/forkserver.py)
+PRELOAD = ["torch", "transformers:AutoTokenizer", "transformers:AutoModelForCausalLM", "transformers:LlamaForCausalLM",
+           "pipeline.stages.evaluate", "pipeline.stages.traces", "pipeline.stages.perplexity", "pipeline.stages.adaptive",
+           "datasets", "trl:GRPOTrainer", "trl:SFTTrainer", "trl:RLOOTrainer", "trl:DistillationTrainer", "peft:LoraConfig"]
 
 
 def close_orphans(reports) -> None:

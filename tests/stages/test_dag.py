@@ -188,3 +188,30 @@ def test_the_rl_model_as_an_outside_model_equals_the_rl_arm(smoke, tmp_path):
     assert "Problems lost by rl-copy" in md and "Problems gained by rl-copy" in md
     models = json.loads((row_rep / "models.json").read_text())
     assert models["rl-copy"]["from"] == "base" and models["rl-copy"]["ref"] == str(copy)
+
+
+@pytest.mark.slow  # one evaluation and 4 SFT steps started as `python -m`
+@pytest.mark.parametrize("stage, files", [("eval-base", ["samples.jsonl", "per_problem.csv"]),
+                                          ("sft", ["model.safetensors"])])
+def test_a_forked_stage_equals_the_same_stage_started_as_python_m(smoke, tmp_path, stage, files):
+    """On a machine without GPUs the study's stages fork from the invocation's warm server
+    (compute.fork_stages): the command each one's log records, started as `python -m` in a fresh
+    process, gives byte-identical samples, counts and weights."""
+    import shlex
+
+    run = smoke[0] / "smoke"
+    log = next((run / "logs").glob(f"{stage}-*.log")).read_text()
+    assert "forked from this invocation's stage server" in log
+    cmd = shlex.split(next(x for x in log.splitlines() if x.startswith("$ "))[2:])
+    assert cmd[:2] == [sys.executable, "-m"]
+    final = next(d for d in run.iterdir() if d.name.startswith(f"{stage}-") and d.suffix == "" and "." not in d.name)
+    for flag, value in (("--config", str(final / "config.yaml")), ("--out", str(tmp_path / "out")),
+                        ("--work", str(tmp_path / "work")), ("--checkpoints", str(tmp_path / "ckpt"))):
+        if flag in cmd:
+            cmd[cmd.index(flag) + 1] = value
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    for name in files:
+        mine, theirs = next((tmp_path / "out").rglob(name)), next(final.rglob(name))
+        assert mine.read_bytes() == theirs.read_bytes(), name
