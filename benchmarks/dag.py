@@ -9,6 +9,7 @@ after set-up), the same command again (nothing to do), and again with one RL set
 summed RSS of its process tree, and the cold run's per-stage seconds (stage.json).
 teacher: `python -m pipeline.stages.traces generate` on the 1,000 training problems with the default study's
 trace settings, over shards x workers (data-parallel engine processes, threads split between them).
+startup: the smoke study cold with its stages forked from a warm process and started as `python -m`.
 """
 from __future__ import annotations
 
@@ -40,6 +41,28 @@ def pipeline(work: Path) -> dict:
     return dict(cold=cold, stage_seconds=stages, unchanged_rerun=rerun, rl_only_change=rl_change)
 
 
+def startup(work: Path) -> dict:
+    """The smoke study (configs/smoke.yaml: tiny stages, so process start-up is most of their time) cold,
+    with stages forked from the invocation's warm server (compute.fork_stages, the default on CPU) and
+    with each stage started as `python -m`, one after the other; wall time and stage seconds of each."""
+    rows = []
+    for fork in (False, True):
+        out = work / f"startup-{'fork' if fork else 'exec'}"
+        shutil.rmtree(out, ignore_errors=True)
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{(out / 'mlflow.db').resolve()}"}
+        out.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "pipeline.run", "--config", "configs/smoke.yaml", "--set", f"output_dir={out}",
+               "--set", f"compute.fork_stages={str(fork).lower()}"]
+        t = timed_tree(cmd, env)
+        stages = {}
+        for info in out.glob("**/stage.json"):
+            d = json.loads(info.read_text())
+            if d.get("seconds") is not None:
+                stages[info.parent.name.rsplit("-", 1)[0]] = d["seconds"]
+        rows.append(dict(fork_stages=fork, **t, stage_seconds=stages))
+    return dict(runs=rows, speedup=round(rows[0]["seconds"] / rows[1]["seconds"], 2))
+
+
 def teacher(work: Path, problems: int = 200) -> dict:
     from pipeline.core.io import write_jsonl
     from tasks import get_task
@@ -67,13 +90,14 @@ def teacher(work: Path, problems: int = 200) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["pipeline", "teacher"])
+    ap.add_argument("what", choices=["pipeline", "teacher", "startup"])
     ap.add_argument("--work", default="benchmarks/work")
     ap.add_argument("--problems", type=int, default=1000)
     a = ap.parse_args()
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(pipeline(work) if a.what == "pipeline" else teacher(work, a.problems)))
+    what = dict(pipeline=lambda: pipeline(work), startup=lambda: startup(work), teacher=lambda: teacher(work, a.problems))
+    print(json.dumps(what[a.what]()))
 
 
 if __name__ == "__main__":

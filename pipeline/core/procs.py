@@ -74,10 +74,12 @@ def run_stage_process(
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         if isinstance(proc, forkserver.Forked):
             log.write(f"(pid {proc.pid}, forked from this invocation's stage server)\n".encode())
+        log.flush()  # whoever reads the log sees the attempt at once
         assert proc.stdout is not None
         try:
             while chunk := proc.stdout.read1(65536):
                 log.write(chunk)
+                log.flush()
                 sys.stderr.buffer.write(chunk)
                 sys.stderr.flush()
                 lines = [x for x in re.split(rb"[\r\n]", chunk) if x.strip()]

@@ -4,6 +4,7 @@ check of output_dir, the orphaned MLflow runs closed, and the failure summary af
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -70,7 +71,8 @@ def hold(reports, local: bool, held: ExitStack, stages: bool = True) -> None:
     for r in {str(r.cfg.run_dir): r for r in reports}.values():  # a study's members share one lock
         held.enter_context(study_lock(r.cfg, shared=not local))
     if stages and all(r.cfg.compute.fork_stages for r in reports) and not forkserver.gpu_machine():
-        held.enter_context(forkserver.serving(PRELOAD, log=reports[0].cfg.run_dir / "logs" / "forkserver.log"))
+        log = reports[0].cfg.run_dir / "logs" / "forkserver" / f"{socket.gethostname()}-{os.getpid()}.log"
+        held.enter_context(forkserver.serving(PRELOAD, log=log))  # not beside the stage logs, one per stage
 
 
 # what the stage processes import, in the order they first need it ("module:attribute" for transformers' and
