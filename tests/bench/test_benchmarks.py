@@ -37,4 +37,4 @@ def test_unknown_section_is_a_one_line_error():
                        capture_output=True, text=True)
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1] == ("error: --only: unknown section(s) ['speed'] (expected some of "
-                                                 "sampling, evaluation, training, grpo_smollm2, grpo_smollm2_lora, teacher, dag, versus, profile)")
+                                                 "sampling, evaluation, training, grpo_smollm2, grpo_smollm2_lora, teacher, dag, startup, versus, profile)")
