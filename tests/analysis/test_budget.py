@@ -57,7 +57,8 @@ def test_reaches_the_target_with_fewer_samples_than_uniform_n():
     c = res["counts"]["rl"]
     assert all(c.loc[i, "correct"] == samples("rl", i, 0, int(c.loc[i, "n"])) for i in range(N))
     predicted, why = budget.uniform_n(res["counts"], [("base", "rl")], K, final, K, 4096)
-    # uniform 128 does not reach it (measured width 0.054), 256 does (0.026); predicted 276
+    # this test's uniform streams: 128 does not reach it (measured width 0.054), 256 does (0.026); predicted 338
+    # (276 before); the median width of uniform runs on these rates reaches the final 0.033 only near n = 460
     assert why is None and 128 < predicted <= 384
 
 
@@ -76,19 +77,40 @@ def _never_solved_rates(share: float, seed: int = 0) -> dict[str, np.ndarray]:
     return {"base": p, "rl": q}
 
 
+def _real_uniform_n(rates: dict[str, np.ndarray], goal: float, ref: np.random.Generator, grid: np.ndarray,
+                    widths: list[float]) -> float:
+    """The real uniform n for a width: where the median width of 200 uniform runs drawn from the true rates
+    (with `ref`) crosses `goal`, the first n of `grid` at or under it, linear between it and the n before.
+    `widths` keeps the medians at the grid's first n from call to call (the median falls with n)."""
+    from pipeline.analysis.passk import paired_ci
+
+    size = len(rates["base"])
+    while not widths or widths[-1] > goal:
+        n = int(grid[len(widths)])
+        c = {m: ref.binomial(n, p, size=(200, size)) for m, p in rates.items()}
+        _, lo, hi = paired_ci(budget._table(n, K)[c["base"]] - budget._table(n, K)[c["rl"]])
+        widths.append(float(np.median(hi - lo)))
+    j = np.flatnonzero(np.array(widths) <= goal)[0]
+    return float(grid[j]) if j == 0 else float(np.interp(goal, widths[j - 1:j + 1][::-1], grid[j - 1:j + 1][::-1]))
+
+
 @pytest.mark.parametrize("share", [0.0, 0.08, 0.3])
-def test_uniform_n_at_the_width_round_0_reached_is_about_round_0s_n(share):
-    """With 0%, 8% and 30% of the problems never solved: asked for the width the uniform n = 64 counts
-    already have, the predicted uniform n is within 25% of 64 (measured 76, 65, 64; the Beta prior before
-    gave 65, 69, 77; the grid prior's EM run to convergence 96, 64, 64; the plug-in rate (c + 0.5) / (n + 1)
-    gave never-solved problems a fake variance and predicted 169)."""
+def test_uniform_n_at_the_width_round_0_reached_is_the_real_n_for_that_width(share):
+    """With 0%, 8% and 30% of the problems never solved: asked for the width that uniform n = 64 counts
+    already have, the predicted uniform n is within 15% of the real uniform n for that width (where the
+    median width of 200 uniform runs reaches it, n in steps of 8). That is not always 64: with none never
+    solved this draw's width is at the 2nd percentile of n = 64 widths, and its real n is about 95.
+    Measured predicted / real: 1.01, 1.04, 1.01 (96 / 94.6, 67 / 64.6, 69 / 68.1). The prior stopped after
+    20 EM steps gave 76, 65, 64 (0.80 with none never solved: this test used to expect 64 there, and the
+    20 steps were chosen to meet it); the plug-in rate (c + 0.5) / (n + 1) gave 169."""
     rates = _never_solved_rates(share)
     rng = np.random.default_rng(1)
     ids = [f"q{i}" for i in range(200)]
     counts = {m: pd.DataFrame({"problem_id": ids, "n": K, "correct": rng.binomial(K, p)}) for m, p in rates.items()}
     w = budget.width(budget.differences(counts, "base", "rl", K))
     n, why = budget.uniform_n(counts, [("base", "rl")], K, w, K, 64 * 1024)
-    assert why is None and K <= n <= 1.25 * K, n
+    real = _real_uniform_n(rates, w, np.random.default_rng(8), np.arange(K, 4 * K + 1, 8), [])
+    assert why is None and abs(n / real - 1) <= 0.15, (n, real)
 
 
 def test_a_test_set_nobody_solves_stops_with_the_reason():
@@ -142,15 +164,13 @@ def _study_rates(shape: str, share: float, seed: int = 0, size: int = 300) -> di
     return {"base": p, "rl": q}
 
 
-def _predicted_and_real(shape: str, share: float, target: float) -> list[tuple[int, float]]:
-    """(predicted, real) uniform n of five adaptive runs on `_study_rates(shape, share)` (see the test below)."""
-    from pipeline.analysis.passk import paired_ci
-
+def _predicted_and_real(shape: str, share: float, target: float, seed: int) -> list[tuple[int, float]]:
+    """(predicted, real) uniform n of five adaptive runs on `_study_rates(shape, share)` (see the test below);
+    `seed` draws the runs' samples, seed + 1 the reference uniform runs."""
     rates, size, max_n = _study_rates(shape, share), 300, 1024
     ids = [f"q{i}" for i in range(size)]
-    rng, ref = np.random.default_rng(7), np.random.default_rng(8)  # the runs' samples, the reference's
-    grid = np.arange(64, 2049, 16)
-    median_width = []  # of real uniform runs at each n of the grid, until it is below every goal
+    rng, ref = np.random.default_rng(seed), np.random.default_rng(seed + 1)  # the runs' samples, the reference's
+    grid, widths = np.arange(64, 2049, 16), []
     ratios = []
     for run in range(5):
         # each sample stream is the problem's first max_n Bernoulli draws: cumulative correct counts
@@ -166,16 +186,7 @@ def _predicted_and_real(shape: str, share: float, target: float) -> list[tuple[i
         goal = res["rounds"][-1]["widths"]["base-rl"]
         predicted, why = budget.uniform_n(res["counts"], [("base", "rl")], K, goal, K, 64 * max_n)
         assert why is None
-        while not median_width or median_width[-1] > goal:
-            n = int(grid[len(median_width)])
-            c = {m: ref.binomial(n, p, size=(200, size)) for m, p in rates.items()}
-            _, lo, hi = paired_ci(budget._table(n, K)[c["base"]] - budget._table(n, K)[c["rl"]])
-            median_width.append(float(np.median(hi - lo)))
-        j = np.flatnonzero(np.array(median_width) <= goal)[0]  # the first n of the grid at the goal
-        # the median width falls with n: where it crosses the goal, linear between the grid's n below and j
-        real = float(grid[j]) if j == 0 else float(
-            np.interp(goal, median_width[j - 1:j + 1][::-1], grid[j - 1:j + 1][::-1]))
-        ratios.append((predicted, real))
+        ratios.append((predicted, _real_uniform_n(rates, goal, ref, grid, widths)))
     return ratios
 
 
@@ -186,14 +197,28 @@ def test_uniform_n_predicts_a_real_uniform_run(shape, share, target):
     problems, k = 64, 0% / 8% / 30% never solved); five evaluations, each sampled by the adaptive budget to
     the target from a uniform n = 64 round; each run's prediction, from its final counts and for its final
     width, against the real uniform n for that width: where the median width of 200 uniform runs drawn from
-    the true rates crosses it (n in steps of 16, linear between the two around the crossing). The median of
-    the five predicted / real must be within 15% of 1, and every run within 30% (one run's own luck moves
-    the real n for its width: with the true rates in place of the prior, the medians are 0.85-0.93).
-    Measured medians: 0.94, 1.01, 1.14 (skewed: 0%, 8%, 30%), 0.88, 0.90, 0.99 (bimodal); single runs
-    0.72-1.21. The Beta prior before: 0.86, 0.98, 1.13, 0.80, 0.94, 1.19 (fails bimodal 0% and 30%; one
-    run at 0.66). The seeds are fixed: with three other seeds of the runs the medians of skewed 30% were
-    1.35, 1.14, 1.17 and of bimodal 0% and 8% down to 0.85 and 0.80, so this passes at its seed with
-    little room, and the bound is not met for every draw of runs."""
-    runs = _predicted_and_real(shape, share, target)
-    r = np.array([p / real for p, real in runs])
-    assert abs(np.median(r) - 1) <= 0.15 and np.all(np.abs(r - 1) <= 0.30), runs
+    the true rates crosses it (n in steps of 16, linear between the two around the crossing). Four draws of
+    the runs (seeds 7, 1, 2, 3). The median of all 20 predicted / real must be within 15% of 1, each draw's
+    median of five within 25%, every run within 40%.
+
+    Measured medians of five, draws 7 / 1 / 2 / 3: skewed 0% 0.93 / 1.07 / 0.98 / 1.10, 8% 1.05 / 1.06 /
+    1.02 / 1.02, 30% 1.01 / 1.12 / 1.02 / 1.21; bimodal 0% 0.91 / 1.01 / 1.05 / 0.94, 8% 0.98 / 1.15 /
+    1.09 / 0.91, 30% 0.98 / 1.06 / 1.09 / 0.90; medians of 20: 0.99, 1.03, 1.11, 0.95, 1.04, 0.98; single
+    runs 0.69-1.38. Over 16 draws (seeds 1-16) the medians of five were 0.82-1.28, 86 of 96 within 15%,
+    single runs 0.64-1.65. Within 15% for every draw is out of reach from the counts alone: the run's
+    final width depends on how its realised errors fell, which its counts show only in part (the two
+    models' rates are far more alike than independent per-model priors allow); with the true joint
+    distribution of the two models' rates as the prior (the between-problem part its posterior mean) the
+    medians were 0.95-1.09 on draws 1-8, but that distribution cannot be fitted from the counts.
+    The estimator before (fresh-draw variance at the observed n, a prior from 20 EM steps): 0.94 / 1.01 /
+    0.94 / 0.98, 1.01 / 1.01 / 0.94 / 1.00, 1.14 / 1.07 / 1.10 / 1.25, 0.88 / 0.87 / 0.89 / 0.88, 0.90 /
+    0.85 / 0.85 / 0.79, 0.99 / 0.97 / 0.90 / 0.93; over 16 draws 0.79-1.25, 73 of 96 within 15%, too low
+    with a hard mode and too high with many never-solved problems among skewed rates on nearly every draw
+    (bimodal 0% and 8% low on all 16, skewed 30% high on 15). It fails this test: skewed 30% at 1.25 on
+    draw 3, bimodal 8% with a median of 20 of 0.85 (0.849)."""
+    runs = {seed: _predicted_and_real(shape, share, target, seed) for seed in (7, 1, 2, 3)}
+    r = {seed: np.array([p / real for p, real in v]) for seed, v in runs.items()}
+    pooled = np.concatenate(list(r.values()))
+    assert abs(np.median(pooled) - 1) <= 0.15, runs
+    assert all(abs(np.median(v) - 1) <= 0.25 for v in r.values()), runs
+    assert np.all(np.abs(pooled - 1) <= 0.40), runs
