@@ -62,12 +62,9 @@ def serving(preload: list[str], log: Path | None = None):
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = before
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        from pipeline.core.procs import stop  # procs imports this module
+
+        stop(proc, timeout=10)
         if log:
             out.close()
         for p in (path, sock_dir):

@@ -90,14 +90,19 @@ def run_stage_process(
                     last_update = time.time()
             rc = proc.wait()
         finally:  # the stage is being stopped (SIGTERM, an error): stop its process too, never orphan it
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc, timeout=30)
     if rc != 0:
         raise RuntimeError(f"{module} exited with status {rc}{_last_error(log_path)}; full log: {log_path}")
+
+
+def stop(proc, timeout: float) -> None:
+    """SIGTERM a process still running (a Popen, or a fork server's child), then SIGKILL it after `timeout` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _last_error(log_path: Path) -> str:
